@@ -1,0 +1,121 @@
+"""Typed router settings. `router.cli` builds one `RouterConfig` from flags (sglang-router's
+names where they overlap); tests and embedders build it directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BACKENDS = ("vllm", "vllm-mooncake", "sglang", "atom", "openai")
+POLICIES = (
+    "random",
+    "round_robin",
+    "power_of_two",
+    "least_load",
+    "cache_aware",
+    "prefix_hash",
+    "consistent_hashing",
+    "session",
+)
+
+
+@dataclass
+class WorkerSpec:
+    """A worker as configured (flags, config file or admin API)."""
+
+    url: str
+    role: str = "regular"  # regular | prefill | decode
+    bootstrap_port: int | None = None
+    model: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PolicyConfig:
+    cache_threshold: float = 0.3
+    balance_abs_threshold: int = 64
+    balance_rel_threshold: float = 1.5
+    eviction_interval_secs: int = 60
+    max_tree_size: int = 2**26
+    # Bounded-load factor for consistent hashing: a worker may take at most this many
+    # times the mean load before the ring walks on.
+    hash_load_factor: float = 1.25
+    session_header: str = "x-session-id"
+
+
+@dataclass
+class RetryConfig:
+    max_retries: int = 5
+    initial_backoff_ms: int = 50
+    max_backoff_ms: int = 30_000
+    backoff_multiplier: float = 1.5
+    jitter_factor: float = 0.2
+    enabled: bool = True
+    retryable_statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+
+
+@dataclass
+class CircuitBreakerConfig:
+    failure_threshold: int = 10
+    success_threshold: int = 3
+    timeout_duration_secs: float = 60.0
+    window_duration_secs: float = 120.0
+    enabled: bool = True
+
+
+@dataclass
+class HealthCheckConfig:
+    failure_threshold: int = 3
+    success_threshold: int = 2
+    timeout_secs: float = 5.0
+    interval_secs: float = 60.0
+    endpoint: str = "/health"
+    enabled: bool = True
+
+
+@dataclass
+class AdmissionConfig:
+    max_concurrent_requests: int = -1  # -1: unlimited
+    queue_size: int = 100
+    queue_timeout_secs: float = 60.0
+    rate_limit_tokens_per_second: float | None = None
+
+
+@dataclass
+class RouterConfig:
+    host: str = "127.0.0.1"
+    port: int = 30000
+    backend: str = "openai"
+    pd_disaggregation: bool = False
+    workers: list[WorkerSpec] = field(default_factory=list)
+    policy: str = "cache_aware"
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+    policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    health: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    request_timeout_secs: float = 1800.0
+    worker_startup_timeout_secs: float = 1800.0
+    worker_startup_check_interval: float = 30.0
+    max_payload_size: int = 512 * 1024 * 1024
+    api_key: str | None = None
+    admin_api_key: str | None = None
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    request_id_headers: list[str] = field(default_factory=lambda: ["x-request-id"])
+    # Tokenizer (a local directory or tokenizer.json) for token-level routing keys.
+    tokenizer_path: str | None = None
+    prometheus_host: str | None = None
+    prometheus_port: int | None = None
+    log_level: str = "warning"
+    log_json: bool = False
+    seed: int | None = None
+
+    def policy_for(self, role: str) -> str:
+        """The policy name for a pool: prefill/decode overrides fall back to `policy`."""
+        if role == "prefill" and self.prefill_policy:
+            return self.prefill_policy
+        if role == "decode" and self.decode_policy:
+            return self.decode_policy
+        return self.policy

@@ -1,0 +1,11 @@
+"""The placement core: pure, transport-neutral decisions of where a request runs."""
+
+from router.placement.types import (
+    Pair,
+    PlacementError,
+    PlacementPlan,
+    RequestDescriptor,
+    Single,
+)
+
+__all__ = ["Pair", "PlacementError", "PlacementPlan", "RequestDescriptor", "Single"]

@@ -1,0 +1,1 @@
+"""Worker lifecycle: the worker model, registry, health checks and circuit breakers."""
