@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up of the SGLang CPU test environment: a venv of its own (.venv-sglang) so
+# SGLang's pins (transformers 5.x, ...) never touch the vLLM venv (.venv).
+#
+# Why each step:
+# - sglang is installed --no-deps: it pins a CUDA torch; we keep torch==2.13.0 (CPU wheel).
+# - the import-time dependencies SGLang's server needs are listed explicitly below.
+# - sglang-kernel (sgl_kernel) only ships CUDA builds; it is installed --no-deps and the
+#   tests' shims (tests/support/sglang_shims) make its op loading tolerate missing CUDA libs.
+# - the project is installed editable with the mooncake extra only (no vllm extra), which
+#   also registers the `sglang.srt.plugins` entry point (atom_mesh -> sglang_atom:register).
+# - sglang-router is SGLang's own gateway, used by the drop-in compatibility test.
+# Re-runs are fast: a stamp keyed on this script and pyproject.toml skips the pip steps.
+# Set ATOM_MESH_SKIP_SGLANG=1 to skip it entirely (machines that never run SGLang tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "${ATOM_MESH_SKIP_SGLANG:-0}" = "1" ] && exit 0
+VENV=${ATOM_MESH_SGLANG_VENV:-.venv-sglang}
+PY=${PYTHON:-python3}
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+stamp="$VENV/.atom-mesh-sglang-installed"
+key="$(cat pyproject.toml scripts/setup_sglang.sh | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then
+  exit 0
+fi
+
+start=$(date +%s)
+echo "setup_sglang: building $VENV (first run takes several minutes)"
+PIP=("$VENV/bin/pip" install -q)
+"$VENV/bin/pip" install -q --upgrade pip >/dev/null
+# torch first, pinned to the CPU wheel, so nothing pulls a CUDA build.
+"${PIP[@]}" "torch==2.13.0"
+"${PIP[@]}" --no-deps "sglang==0.5.23" "sglang-kernel"
+"${PIP[@]}" \
+  "transformers>=5.0,<6" triton pillow tqdm IPython dill apache-tvm-ffi sentencepiece \
+  compressed-tensors gguf einops openai partial_json_parser jsonschema xgrammar soundfile \
+  python-multipart msgspec pyzmq fastapi uvicorn uvloop orjson aiohttp requests psutil \
+  setproctitle pybase64 interegular llguidance numpy \
+  mooncake-transfer-engine-non-cuda sglang-router \
+  pytest pytest-asyncio pytest-timeout tokenizers
+"${PIP[@]}" -e ".[mooncake]"
+# Anything above that pulled a CUDA torch or torchvision would break the CPU stack.
+"$VENV/bin/python" - <<'EOF'
+import torch
+assert torch.__version__.startswith("2.13.0"), f"torch {torch.__version__} replaced the CPU wheel"
+EOF
+"$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+echo "$key" > "$stamp"
+echo "setup_sglang: done in $(( $(date +%s) - start )) s"

@@ -1,0 +1,9 @@
+"""Test-only stub of torchvision.transforms.v2 (see ../../../README.md)."""
+
+from torchvision import _Unavailable
+
+
+def __getattr__(name: str) -> _Unavailable:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _Unavailable(f"transforms.v2.{name}")
