@@ -1,0 +1,1 @@
+"""atom-mesh test suite (a package so `tests.support` imports the same way everywhere)."""

