@@ -52,6 +52,8 @@ class Worker:
     engine_info: dict[str, Any] = field(default_factory=dict)
     in_flight_requests: int = 0
     in_flight_tokens: int = 0
+    # Why the worker is failed / not ready, for operators (GET /workers shows it).
+    last_error: str = ""
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
