@@ -1,0 +1,369 @@
+"""Worker lifecycle: registration, readiness, health verdicts, drain and removal.
+
+States (`WorkerState`) move only through `next_state` (a pure table, unit-tested):
+
+    pending --ready--> ready <--unhealthy/healthy--> not_ready
+    pending --startup_failed--> failed
+    any --drain--> draining --(in-flight reaches 0)--> removed from the registry
+
+A worker that is draining takes no new requests (`Worker.accepts_new_requests` is only
+true when ready) while its in-flight requests finish; it leaves the registry when its
+in-flight count reaches zero (or after `request_timeout_secs`, the longest a request may
+legitimately run). A failed worker stays listed, with `last_error`, until an operator
+deletes it, so a typo'd URL is visible rather than silently dropped.
+
+Wiring (router/app.py):
+- At app start: `manager = WorkerManager(config, registry, session=<dispatch's
+  aiohttp.ClientSession, or None to let the manager own one>)`; adapters add their
+  registration steps with `manager.add_registration_hook(hook, roles={Role.PREFILL})`
+  (e.g. ATOM's `GET /kv_transfer_info` into `worker.engine_info`), then
+  `await manager.start()` (registers the configured workers in the background and starts
+  health checks).
+- Per request: nothing; placement reads `worker.accepts_new_requests(manager.clock())`
+  and dispatch records outcomes on `worker.breaker` with the same clock.
+- Admin API: `router.admin.admin_routes(manager, auth)`.
+- At shutdown: `await manager.stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from router.config import RouterConfig, WorkerSpec
+from router.workers.circuit_breaker import CircuitBreaker
+from router.workers.health import HealthChecker, HealthVerdict, probe
+from router.workers.registry import WorkerRegistry
+from router.workers.worker import Role, Worker, WorkerState
+
+logger = logging.getLogger("atom_mesh.lifecycle")
+
+RegistrationHook = Callable[[Worker, aiohttp.ClientSession], Awaitable[None]]
+
+
+class LifecycleEvent(str, enum.Enum):
+    READY = "ready"  # start-up probe passed and registration steps succeeded
+    STARTUP_FAILED = "startup_failed"
+    HEALTHY = "healthy"  # health thresholds say: back in service
+    UNHEALTHY = "unhealthy"
+    DRAIN = "drain"
+
+
+class InvalidTransition(Exception):
+    """An event that makes no sense in the worker's current state (a bug in the caller)."""
+
+
+_S, _E = WorkerState, LifecycleEvent
+_TABLE: dict[tuple[WorkerState, LifecycleEvent], WorkerState] = {
+    (_S.PENDING, _E.READY): _S.READY,
+    (_S.PENDING, _E.STARTUP_FAILED): _S.FAILED,
+    (_S.READY, _E.UNHEALTHY): _S.NOT_READY,
+    (_S.READY, _E.HEALTHY): _S.READY,
+    (_S.NOT_READY, _E.HEALTHY): _S.READY,
+    (_S.NOT_READY, _E.UNHEALTHY): _S.NOT_READY,
+    # Draining is one-way: health verdicts that race with a drain change nothing.
+    (_S.DRAINING, _E.HEALTHY): _S.DRAINING,
+    (_S.DRAINING, _E.UNHEALTHY): _S.DRAINING,
+    (_S.DRAINING, _E.DRAIN): _S.DRAINING,
+    **{(s, _E.DRAIN): _S.DRAINING for s in (_S.PENDING, _S.READY, _S.NOT_READY, _S.FAILED)},
+}
+
+
+def next_state(state: WorkerState, event: LifecycleEvent) -> WorkerState:
+    """The state after `event`; raises `InvalidTransition` for impossible pairs."""
+    try:
+        return _TABLE[(state, event)]
+    except KeyError:
+        raise InvalidTransition(f"event {event.value!r} is not valid for a worker in state {state.value!r}") from None
+
+
+class WorkerRequestError(Exception):
+    """An admin request about workers that cannot be honoured; rendered as an OpenAI error."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_worker"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class WorkerConflictError(WorkerRequestError):
+    status_code = 409
+    code = "worker_exists"
+
+
+class WorkerNotFoundError(WorkerRequestError):
+    status_code = 404
+    code = "worker_not_found"
+
+
+class WorkerStartFailedError(WorkerRequestError):
+    """A worker added with `wait` that failed its start-up; it stays listed as failed."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "worker_failed"
+
+
+def validate_spec(spec: WorkerSpec, pd_disaggregation: bool) -> Role:
+    """Check a spec before it becomes a worker; return its role. Errors say how to fix it."""
+    parts = urlsplit(spec.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WorkerRequestError(f"worker url {spec.url!r} must look like http://host:port")
+    try:
+        role = Role(spec.role)
+    except ValueError:
+        raise WorkerRequestError(f"worker role {spec.role!r} must be one of regular, prefill, decode") from None
+    if pd_disaggregation and role is Role.REGULAR:
+        raise WorkerRequestError("this router runs with --pd-disaggregation: give role 'prefill' or 'decode'")
+    if not pd_disaggregation and role is not Role.REGULAR:
+        raise WorkerRequestError(f"role {role.value!r} needs a router started with --pd-disaggregation")
+    if spec.bootstrap_port is not None and not (0 < spec.bootstrap_port < 65536):
+        raise WorkerRequestError(f"bootstrap_port {spec.bootstrap_port} is not a TCP port (1-65535)")
+    return role
+
+
+class WorkerManager:
+    """Owns every state change of every worker; the registry stays a plain index."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        registry: WorkerRegistry,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        drain_poll_secs: float = 0.05,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.clock = clock
+        self._session = session
+        self._owns_session = session is None
+        self._drain_poll_secs = drain_poll_secs
+        self._hooks: list[tuple[frozenset[Role] | None, RegistrationHook]] = []
+        self._bring_up: dict[str, asyncio.Task[None]] = {}
+        self._drains: dict[str, asyncio.Task[None]] = {}
+        self._health: HealthChecker | None = None
+        registry.on_removed(self._forget)
+
+    # -- start / stop ---------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("WorkerManager.start() has not run yet")
+        return self._session
+
+    @property
+    def health(self) -> HealthChecker:
+        if self._health is None:
+            raise RuntimeError("WorkerManager.start() has not run yet")
+        return self._health
+
+    def add_registration_hook(self, hook: RegistrationHook, roles: Collection[Role] | None = None) -> None:
+        """Run `hook(worker, session)` during registration of workers of `roles` (None: all).
+
+        Hooks run after the worker answered its health endpoint and its models were
+        discovered; they may fill `worker.engine_info`. A hook that raises fails the worker
+        (its message becomes `last_error`), so raise with a message that says what to fix.
+        """
+        self._hooks.append((frozenset(roles) if roles is not None else None, hook))
+
+    async def start(self) -> None:
+        """Register the configured workers (in the background) and start health checks."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        self._health = HealthChecker(self.config.health, self._session, self._checked_workers, self._on_verdict)
+        for spec in self.config.workers:
+            await self.add(spec)
+        self._health.start()
+
+    async def stop(self) -> None:
+        """Cancel background work; close the HTTP session if the manager created it."""
+        if self._health is not None:
+            await self._health.stop()
+        tasks = [*self._bring_up.values(), *self._drains.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- admin operations -------------------------------------------------------------
+
+    async def add(self, spec: WorkerSpec, *, wait: bool = False) -> Worker:
+        """Register a worker as pending and bring it up in the background.
+
+        With `wait`, return only once it is ready or failed (bounded by
+        `worker_startup_timeout_secs`).
+        """
+        role = validate_spec(spec, self.config.pd_disaggregation)
+        worker = Worker(
+            url=spec.url,
+            role=role,
+            models=frozenset([spec.model]) if spec.model else frozenset(),
+            bootstrap_port=spec.bootstrap_port,
+            labels=dict(spec.labels),
+            state=WorkerState.PENDING,
+            breaker=CircuitBreaker.from_config(self.config.circuit_breaker),
+        )
+        try:
+            self.registry.add(worker)
+        except ValueError as exc:
+            raise WorkerConflictError(f"{exc}; DELETE it first to re-register") from None
+        logger.info("worker registered", extra={"worker": worker.worker_id, "url": worker.url, "role": role.value})
+        task = asyncio.create_task(self._bring_up_worker(worker), name=f"bring-up-{worker.worker_id}")
+        self._bring_up[worker.worker_id] = task
+        task.add_done_callback(lambda _t, wid=worker.worker_id: self._bring_up.pop(wid, None))
+        if wait:
+            await asyncio.shield(task)
+        return worker
+
+    def get(self, worker_id: str) -> Worker:
+        worker = self.registry.get(worker_id)
+        if worker is None:
+            raise WorkerNotFoundError(f"no worker with id {worker_id!r}; GET /workers lists them")
+        return worker
+
+    def remove(self, worker_id: str) -> Worker:
+        """Remove at once. In-flight requests keep their worker object and still finish;
+        use `drain` to also wait for them before the worker leaves the listing."""
+        worker = self.get(worker_id)
+        self.registry.remove(worker_id)
+        logger.info("worker removed", extra={"worker": worker_id, "url": worker.url})
+        return worker
+
+    async def drain(self, worker_id: str, *, wait: bool = False) -> Worker:
+        """Stop sending new requests to the worker; remove it once its in-flight count is 0."""
+        worker = self.get(worker_id)
+        self._apply(worker, LifecycleEvent.DRAIN)
+        bring_up = self._bring_up.pop(worker_id, None)
+        if bring_up is not None:
+            bring_up.cancel()
+        task = self._drains.get(worker_id)
+        if task is None:
+            task = asyncio.create_task(self._finish_drain(worker), name=f"drain-{worker_id}")
+            self._drains[worker_id] = task
+        if wait:
+            await asyncio.shield(task)
+        return worker
+
+    def health_counts(self, worker: Worker) -> tuple[int, int]:
+        """(consecutive failed, consecutive good) health probes, for the admin listing."""
+        if self._health is None:
+            return 0, 0
+        tracker = self._health.tracker(worker)
+        return tracker.consecutive_failures, tracker.consecutive_successes
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _apply(self, worker: Worker, event: LifecycleEvent) -> None:
+        old = worker.state
+        worker.state = next_state(old, event)
+        if worker.state is not old:
+            logger.info(
+                "worker state changed",
+                extra={"worker": worker.worker_id, "from": old.value, "to": worker.state.value, "event": event.value},
+            )
+
+    def _checked_workers(self) -> Iterable[Worker]:
+        return [w for w in self.registry if w.state in (WorkerState.READY, WorkerState.NOT_READY)]
+
+    def _on_verdict(self, worker: Worker, verdict: HealthVerdict, reason: str) -> None:
+        if self.registry.get(worker.worker_id) is not worker:
+            return  # removed while its probe was in flight
+        if verdict is HealthVerdict.BECAME_UNHEALTHY:
+            worker.last_error = reason
+            if worker.state is not WorkerState.DRAINING:
+                logger.warning("worker unhealthy", extra={"worker": worker.worker_id, "reason": reason})
+            self._apply(worker, LifecycleEvent.UNHEALTHY)
+        else:
+            worker.last_error = ""
+            self._apply(worker, LifecycleEvent.HEALTHY)
+
+    def _forget(self, worker: Worker) -> None:
+        """Registry removal listener: drop every trace of the worker here."""
+        if self._health is not None:
+            self._health.forget(worker)
+        for tasks in (self._bring_up, self._drains):
+            task = tasks.pop(worker.worker_id, None)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+
+    async def _bring_up_worker(self, worker: Worker) -> None:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.worker_startup_timeout_secs
+        while True:
+            reason = await probe(self.session, worker.url, cfg.health.endpoint, cfg.health.timeout_secs)
+            if not reason:
+                break
+            worker.last_error = reason
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._fail(
+                    worker,
+                    f"not ready after {cfg.worker_startup_timeout_secs:g}s ({reason}); check the engine's log, "
+                    "or raise --worker-startup-timeout-secs",
+                )
+                return
+            await asyncio.sleep(min(cfg.worker_startup_check_interval, remaining))
+        try:
+            await self._discover_models(worker)
+            for roles, hook in self._hooks:
+                if roles is None or worker.role in roles:
+                    await hook(worker, self.session)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(worker, f"registration step failed: {exc.__class__.__name__}: {exc}")
+            return
+        worker.last_error = ""
+        if self._health is not None:
+            self._health.forget(worker)  # start counting afresh, as healthy
+        self._apply(worker, LifecycleEvent.READY)
+
+    def _fail(self, worker: Worker, message: str) -> None:
+        worker.last_error = message
+        logger.warning("worker failed", extra={"worker": worker.worker_id, "url": worker.url, "reason": message})
+        self._apply(worker, LifecycleEvent.STARTUP_FAILED)
+
+    async def _discover_models(self, worker: Worker) -> None:
+        """Learn the served models from `GET /v1/models`; engines without it match any model."""
+        timeout = aiohttp.ClientTimeout(total=self.config.health.timeout_secs)
+        try:
+            async with self.session.get(worker.url + "/v1/models", timeout=timeout) as resp:
+                if resp.status != 200:
+                    logger.info("no model list", extra={"worker": worker.worker_id, "status": resp.status})
+                    return
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            logger.info("no model list", extra={"worker": worker.worker_id, "reason": repr(exc)})
+            return
+        data = body.get("data") if isinstance(body, dict) else None
+        ids = {m["id"] for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)}
+        if ids:
+            worker.models = frozenset(ids) | worker.models
+
+    async def _finish_drain(self, worker: Worker) -> None:
+        deadline = time.monotonic() + self.config.request_timeout_secs
+        while worker.in_flight_requests > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(self._drain_poll_secs)
+        if worker.in_flight_requests > 0:
+            logger.warning(
+                "drain deadline passed with requests in flight; removing anyway",
+                extra={"worker": worker.worker_id, "in_flight": worker.in_flight_requests},
+            )
+        self._drains.pop(worker.worker_id, None)
+        if self.registry.get(worker.worker_id) is worker:
+            self.registry.remove(worker.worker_id)
+            logger.info("worker drained and removed", extra={"worker": worker.worker_id, "url": worker.url})
