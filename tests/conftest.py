@@ -94,7 +94,7 @@ def _leftover_pids() -> set[int]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run loudly if a test left a process behind (then kill it)."""
-    leaked_managed = live_processes()
+    leaked_managed = [p for p in live_processes() if p.poll() is None or processes_in_session(p.pgid)]
     stop_all()
     leftovers = _leftover_pids()
     if not leaked_managed and not leftovers:
@@ -108,9 +108,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except OSError:
             pass
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
+    if reporter is None:
+        print("\n".join(lines))
+    else:
+        reporter.write_sep("=", "leftover processes", red=True, bold=True)
+        for line in lines:
             reporter.write_line(line, red=True, bold=True)
-        else:
-            print(line)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

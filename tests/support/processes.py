@@ -120,6 +120,7 @@ class ManagedProcess:
         while True:
             code = self.poll()
             if code is not None:
+                self.stop()  # reap it and any helpers it left in its group
                 raise EngineStartError(
                     f"{self.name} exited with status {code} before {target} was ready.\n"
                     f"command: {' '.join(self.cmd)}\nlog {self.log_path} (tail):\n{self.log_tail()}"

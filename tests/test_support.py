@@ -1,0 +1,153 @@
+"""The shared test support works: process groups die, start failures explain themselves,
+leaks fail the session, and the tiny model is reproducible and valid for vLLM CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.support.models import build_tiny_model
+from tests.support.ports import free_port
+from tests.support.processes import EngineStartError, ManagedProcess, processes_in_session
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _http_server(port: int, with_grandchild: bool = False) -> list[str]:
+    """A real HTTP server; optionally with a background child in its process group."""
+    serve = f"exec {sys.executable} -m http.server --bind 127.0.0.1 {port}"
+    return ["bash", "-c", f"sleep 600 & {serve}" if with_grandchild else serve]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_stop_kills_the_whole_process_group() -> None:
+    port = free_port()
+    proc = ManagedProcess(_http_server(port, with_grandchild=True), name="http", port=port)
+    try:
+        proc.wait_http_ready("/", timeout=60)
+        members = processes_in_session(proc.pgid)
+        assert len(members) == 2, members  # the server and its background sleep
+    finally:
+        proc.stop()
+    assert processes_in_session(proc.pgid) == []
+    assert not any(_alive(pid) for pid in members)
+    proc.stop()  # idempotent
+
+
+def test_context_manager_stops() -> None:
+    port = free_port()
+    with ManagedProcess(_http_server(port), name="http", port=port) as proc:
+        proc.wait_http_ready("/", timeout=60)
+        assert proc.url == f"http://127.0.0.1:{port}"
+    assert proc.poll() is not None
+
+
+def test_start_failure_carries_the_log_tail() -> None:
+    cmd = [sys.executable, "-c", "print('boom-marker', flush=True); raise SystemExit(3)"]
+    proc = ManagedProcess(cmd, name="failing", port=free_port())
+    with pytest.raises(EngineStartError) as err:
+        proc.wait_http_ready(timeout=60)
+    assert "boom-marker" in str(err.value)
+    assert "status 3" in str(err.value)
+    assert "boom-marker" in proc.log_tail(5)
+
+
+def test_not_ready_in_time_raises_and_stops() -> None:
+    proc = ManagedProcess(["sleep", "600"], name="silent", port=free_port())
+    with pytest.raises(EngineStartError, match="not ready"):
+        proc.wait_http_ready(timeout=1, interval=0.2)
+    assert proc.poll() is not None
+    assert processes_in_session(proc.pgid) == []
+
+
+def _inner_session(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """Run a one-test pytest session that loads our conftest as a plugin."""
+    test = tmp_path / "test_inner.py"
+    test.write_text(textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider", str(test)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_session_fails_when_a_test_leaks_a_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    result = _inner_session(
+        tmp_path,
+        f"""
+        import subprocess
+        def test_leaks():
+            p = subprocess.Popen(["sleep", "600"])
+            open({str(pid_file)!r}, "w").write(str(p.pid))
+        """,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "LEFTOVER PROCESSES" in result.stdout
+    assert not _alive(int(pid_file.read_text()))  # the check also cleans up
+
+
+def test_session_passes_when_processes_are_stopped(tmp_path: Path) -> None:
+    result = _inner_session(
+        tmp_path,
+        """
+        from tests.support.ports import free_port
+        from tests.support.processes import ManagedProcess
+        def test_clean():
+            port = free_port()
+            with ManagedProcess(["sleep", "600"], name="s", port=port):
+                pass
+        """,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LEFTOVER" not in result.stdout
+
+
+def test_tiny_model_fits_vllm_cpu(tiny_llama: Path) -> None:
+    config = json.loads((tiny_llama / "config.json").read_text())
+    vocab = json.loads((tiny_llama / "tokenizer.json").read_text())
+    n_tokens = len(vocab["model"]["vocab"])
+    assert config["vocab_size"] == n_tokens  # ids past the tokenizer would decode to ''
+    assert config["head_dim"] == 64  # vLLM CPU attention rejects 16
+    assert config["hidden_size"] // config["num_attention_heads"] == 64
+    assert (tiny_llama / "chat_template.jinja").exists() or "chat_template" in (
+        tiny_llama / "tokenizer_config.json"
+    ).read_text()
+
+
+@pytest.mark.slow
+def test_tiny_model_build_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_llama: Path) -> None:
+    monkeypatch.setenv("ATOM_MESH_CACHE_DIR", str(tmp_path))
+    rebuilt = build_tiny_model("llama")
+    assert rebuilt != tiny_llama and rebuilt.name == tiny_llama.name  # same content hash
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (rebuilt / name).read_bytes() == (tiny_llama / name).read_bytes(), name
+
+
+def test_unknown_model_kind_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="known: llama"):
+        build_tiny_model("no-such-kind")
