@@ -40,6 +40,11 @@ class PolicyConfig:
     # times the mean load before the ring walks on.
     hash_load_factor: float = 1.25
     session_header: str = "x-session-id"
+    # prefix_hash / consistent_hashing key: the first this-many characters (or tokens,
+    # when the router tokenizes) of the routing text.
+    prefix_key_length: int = 256
+    # Sticky sessions remembered by the session policy (least recently used forgotten first).
+    max_sessions: int = 2**20
 
 
 @dataclass
