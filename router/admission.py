@@ -24,6 +24,7 @@ Wiring (router/app.py):
   For a streaming response, enter with `slot = await admission.acquire()` before
   returning the StreamingResponse and call `slot.release()` (idempotent) in the stream's
   `finally`, so the slot is held until the last byte or the client's disconnect.
+- Metrics: `prometheus_registry.register(AdmissionCollector(admission))` at app start.
 - At shutdown: nothing.
 """
 
@@ -34,9 +35,11 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from router.config import AdmissionConfig
 
@@ -217,3 +220,24 @@ class AdmissionController:
     def _reject(self, reason: str) -> None:
         self.rejected[reason] += 1
         logger.info("request rejected", extra={"reason": reason, "active": self.active, "queued": self.queued})
+
+
+class AdmissionCollector:
+    """Prometheus collector: active requests, queue depth, rejections by reason.
+
+    Wiring: `prometheus_registry.register(AdmissionCollector(admission))` once at app start.
+    """
+
+    def __init__(self, controller: AdmissionController) -> None:
+        self._controller = controller
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._controller
+        yield GaugeMetricFamily("atom_mesh_admission_active_requests", "Requests holding an admission slot.", value=c.active)
+        yield GaugeMetricFamily("atom_mesh_admission_queue_depth", "Requests waiting for an admission slot.", value=c.queued)
+        rejected = CounterMetricFamily(
+            "atom_mesh_admission_rejections", "Requests refused by admission control.", labels=["reason"]
+        )
+        for reason, count in sorted(c.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected

@@ -22,6 +22,7 @@ Wiring (router/app.py):
 - Per request: nothing; placement reads `worker.accepts_new_requests(manager.clock())`
   and dispatch records outcomes on `worker.breaker` with the same clock.
 - Admin API: `router.admin.admin_routes(manager, auth)`.
+- Metrics: `prometheus_registry.register(WorkerCollector(manager))` at app start.
 - At shutdown: `await manager.stop()`.
 """
 
@@ -31,13 +32,14 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from router.config import RouterConfig, WorkerSpec
-from router.workers.circuit_breaker import CircuitBreaker
+from router.workers.circuit_breaker import BreakerState, CircuitBreaker
 from router.workers.health import HealthChecker, HealthVerdict, probe
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Role, Worker, WorkerState
@@ -367,3 +369,35 @@ class WorkerManager:
         if self.registry.get(worker.worker_id) is worker:
             self.registry.remove(worker.worker_id)
             logger.info("worker drained and removed", extra={"worker": worker.worker_id, "url": worker.url})
+
+
+class WorkerCollector:
+    """Prometheus collector: each worker's lifecycle state, breaker state, in-flight load
+    and failed health-probe streak, read from the registry at scrape time (no bookkeeping
+    that could drift). States are one-hot gauges so dashboards can sum by state.
+
+    Wiring: `prometheus_registry.register(WorkerCollector(manager))` once at app start.
+    """
+
+    def __init__(self, manager: WorkerManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["worker_id", "url", "role"]
+        state = GaugeMetricFamily("atom_mesh_worker_state", "1 for the worker's lifecycle state.", labels=[*labels, "state"])
+        breaker = GaugeMetricFamily(
+            "atom_mesh_worker_breaker_state", "1 for the worker's circuit-breaker state.", labels=[*labels, "state"]
+        )
+        in_flight = GaugeMetricFamily("atom_mesh_worker_in_flight_requests", "Requests in flight.", labels=labels)
+        probes = GaugeMetricFamily(
+            "atom_mesh_worker_health_consecutive_failures", "Failed health probes in a row.", labels=labels
+        )
+        for w in self._manager.registry:
+            ids = [w.worker_id, w.url, w.role.value]
+            for s in WorkerState:
+                state.add_metric([*ids, s.value], float(w.state is s))
+            for b in BreakerState:
+                breaker.add_metric([*ids, b.value], float(w.breaker.state is b))
+            in_flight.add_metric(ids, w.in_flight_requests)
+            probes.add_metric(ids, self._manager.health_counts(w)[0])
+        yield from (state, breaker, in_flight, probes)
