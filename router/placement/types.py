@@ -55,9 +55,12 @@ class PlacementError(Exception):
     error_type = "service_unavailable"
     code = "no_available_workers"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # Seconds until a worker may take requests again (its breaker's timeout), when
+        # known: the app can send it as a Retry-After header.
+        self.retry_after = retry_after
 
 
 class NoWorkersError(PlacementError):

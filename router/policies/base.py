@@ -35,3 +35,8 @@ class Policy(abc.ABC):
 
     def on_worker_removed(self, worker: Worker) -> None:
         """Forget per-worker state (trees, hash-ring slots) when a worker leaves."""
+
+    def evict(self, now: float) -> int:
+        """Periodic housekeeping: the app calls it every `eviction_interval_secs` on each
+        policy. Policies with bounded state trim it here; returns how much was freed."""
+        return 0

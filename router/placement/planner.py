@@ -1,0 +1,142 @@
+"""Where a request runs: filter the fleet to candidates, let the pool's policy choose.
+
+Pure: the planner reads worker state and the clock value it is given, and calls the
+policies; it does no I/O. Every way a request can fail to be placed is a typed
+`PlacementError` (with its HTTP status), raised before any policy is consulted, so a
+failed placement leaves no trace in policy state (trees, rotations, sessions).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from router.config import RouterConfig
+from router.placement.types import (
+    NoHealthyDecodeError,
+    NoHealthyPrefillError,
+    NoWorkersError,
+    Pair,
+    PlacementError,
+    PlacementPlan,
+    RequestDescriptor,
+    Single,
+    UnknownModelError,
+)
+from router.policies.base import Policy, Selection
+from router.policies.registry import create_policy
+from router.workers.worker import Role, Worker, WorkerState
+
+_POOL_ERRORS: dict[Role, type[PlacementError]] = {
+    Role.REGULAR: NoWorkersError,
+    Role.PREFILL: NoHealthyPrefillError,
+    Role.DECODE: NoHealthyDecodeError,
+}
+
+
+def known_models(workers: Iterable[Worker]) -> set[str]:
+    """Every model some worker is known to serve (workers not yet discovered add none)."""
+    return {model for worker in workers for model in worker.models}
+
+
+class Planner:
+    """One policy per pool; `plan` turns a request into a `Single` or a `Pair`."""
+
+    def __init__(self, regular_policy: Policy, prefill_policy: Policy, decode_policy: Policy) -> None:
+        self._policies = {
+            Role.REGULAR: regular_policy,
+            Role.PREFILL: prefill_policy,
+            Role.DECODE: decode_policy,
+        }
+
+    @classmethod
+    def from_config(cls, config: RouterConfig, rng: random.Random) -> Planner:
+        """Policies named by `--policy` / `--prefill-policy` / `--decode-policy`."""
+        def build(role: Role) -> Policy:
+            return create_policy(config.policy_for(role.value), config.policy_config, rng)
+
+        return cls(
+            regular_policy=build(Role.REGULAR),
+            prefill_policy=build(Role.PREFILL),
+            decode_policy=build(Role.DECODE),
+        )
+
+    def policy(self, role: Role) -> Policy:
+        return self._policies[role]
+
+    def plan(
+        self, request: RequestDescriptor, workers: Iterable[Worker], *, pd: bool, now: float
+    ) -> PlacementPlan:
+        """Choose worker(s) for `request` at time `now`, or raise a `PlacementError`."""
+        workers = list(workers)
+        if not workers:
+            raise NoWorkersError(
+                "no workers are registered; start the router with --worker-urls "
+                "(or --prefill/--decode with --pd-disaggregation), or add one with POST /workers"
+            )
+        roles = (Role.PREFILL, Role.DECODE) if pd else (Role.REGULAR,)
+        pool = [w for w in workers if w.role in roles]
+        if pool and not any(w.serves(request.model) for w in pool):
+            served = ", ".join(sorted(known_models(pool)))
+            raise UnknownModelError(
+                f"model {request.model!r} is not served here (served: {served}); "
+                "pick one from GET /v1/models"
+            )
+        if not pd:
+            chosen = self._select(Role.REGULAR, self._candidates(Role.REGULAR, request, pool, now), request)
+            return Single(chosen.worker, chosen.reason)
+        # Both pools are checked before either policy runs, so a failure changes no state.
+        prefill_candidates = self._candidates(Role.PREFILL, request, pool, now)
+        decode_candidates = self._candidates(Role.DECODE, request, pool, now)
+        prefill = self._select(Role.PREFILL, prefill_candidates, request)
+        decode = self._select(Role.DECODE, decode_candidates, request)
+        return Pair(prefill.worker, decode.worker, prefill.reason, decode.reason)
+
+    def on_worker_removed(self, worker: Worker) -> None:
+        """Registry removal listener: the worker's pool policy forgets it."""
+        self._policies[worker.role].on_worker_removed(worker)
+
+    def evict(self, now: float) -> int:
+        """The periodic eviction tick for every pool's policy; returns the total freed."""
+        return sum(policy.evict(now) for policy in self._policies.values())
+
+    def _select(self, role: Role, candidates: Sequence[Worker], request: RequestDescriptor) -> Selection:
+        return self._policies[role].select_worker(candidates, request)
+
+    @staticmethod
+    def _candidates(role: Role, request: RequestDescriptor, pool: list[Worker], now: float) -> list[Worker]:
+        """Workers of `role` that serve the model and take requests now.
+
+        Workers this request already tried are left out, unless that leaves none: a retry
+        on a worker that failed once beats failing the request outright.
+        """
+        serving = [w for w in pool if w.role is role and w.serves(request.model)]
+        available = [w for w in serving if w.accepts_new_requests(now)]
+        if not available:
+            raise _unavailable(role, request.model, serving, now)
+        fresh = [w for w in available if w.worker_id not in request.excluded and w.url not in request.excluded]
+        return fresh or available
+
+
+def _unavailable(role: Role, model: str | None, serving: list[Worker], now: float) -> PlacementError:
+    """The pool's error, saying why each worker is out and when to try again."""
+    error = _POOL_ERRORS[role]
+    for_model = f" for model {model!r}" if model is not None else ""
+    if not serving:
+        return error(
+            f"no {role.value} worker is registered{for_model}; add one with "
+            f"POST /workers (role {role.value!r}) or the router's command line"
+        )
+    reasons = Counter(
+        w.state.value if w.state is not WorkerState.READY else "circuit_open" for w in serving
+    )
+    blocked = [w.breaker.retry_after(now) for w in serving if w.state is WorkerState.READY]
+    retry_after = min(blocked) if blocked else None
+    summary = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    hint = f"retry in {retry_after:.0f}s" if retry_after is not None else "retry later"
+    return error(
+        f"no {role.value} worker can take requests{for_model} ({summary}); {hint}, "
+        "or check GET /workers",
+        retry_after=retry_after,
+    )
