@@ -1,0 +1,140 @@
+"""Producer and consumer cores end to end: real side channel (ZMQ), real Mooncake TCP.
+
+Each side owns a numpy "KV cache" of 2 layers x 8 pages; the consumer asks for a held
+transfer and the producer pushes pages into the consumer's blocks. Failure paths:
+stale engine identity, another model's fingerprint, a producer that never holds the
+transfer (timeout), and holds that nobody claims (freed).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mooncake.engine")
+
+from kv_connector.consumer import ConsumerConfig, KVConsumer  # noqa: E402
+from kv_connector.layout import KVLayout, Region  # noqa: E402
+from kv_connector.mooncake import MooncakeTransport  # noqa: E402
+from kv_connector.producer import KVProducer, ProducerConfig  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+
+LAYERS, BLOCKS, PAGE = 2, 8, 256
+
+
+def _kv(fill: str) -> np.ndarray:
+    if fill == "zeros":
+        return np.zeros((LAYERS, BLOCKS, PAGE), dtype=np.uint8)
+    return np.random.default_rng(7).integers(1, 256, (LAYERS, BLOCKS, PAGE), dtype=np.uint8)
+
+
+def _layout(t: MooncakeTransport, kv: np.ndarray) -> KVLayout:
+    mem = t.register_memory(kv.ctypes.data, kv.nbytes)
+    return KVLayout(tuple(Region(0, i * BLOCKS * PAGE, PAGE, PAGE, BLOCKS) for i in range(LAYERS)), (mem,))
+
+
+def _wait_results(consumer: KVConsumer, owner: str, timeout: float = 30.0) -> tuple[bool, str]:
+    """Poll like the engine does each step; the deadline inside the consumer ends every wait."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done, failed = consumer.take_results()
+        if owner in done:
+            return True, ""
+        if owner in failed:
+            return False, failed[owner]
+        time.sleep(0.01)
+    raise AssertionError("consumer never reported a result")
+
+
+@pytest.fixture
+def pair():
+    src, dst = _kv("random"), _kv("zeros")
+    pt, ct = MooncakeTransport(), MooncakeTransport()
+    port = free_port()
+    producer = KVProducer(
+        pt, _layout(pt, src), ProducerConfig("P1", "fp", hold_ttl_s=2.0, regions_per_batch=1), bind=("127.0.0.1", port)
+    )
+    consumer = KVConsumer(ct, _layout(ct, dst), ConsumerConfig("D1", "fp", timeout_s=2.0, grace_s=0.5))
+    try:
+        yield producer, consumer, src, dst, f"tcp://127.0.0.1:{port}"
+    finally:
+        producer.close()
+        consumer.close()
+        pt.close()
+        ct.close()
+
+
+def _request(consumer, address, owner, transfer_id, dst_blocks, *, engine="P1", first_block=0):
+    consumer.request(
+        owner,
+        transfer_id=transfer_id,
+        producer_address=address,
+        producer_engine_id=engine,
+        dst_block_ids=dst_blocks,
+        first_block=first_block,
+    )
+
+
+def test_push_lands_pages_in_the_named_blocks_and_frees_the_hold(pair):
+    producer, consumer, src, dst, address = pair
+    producer.hold("P1/a", "req-a", [1, 2, 6])
+    _request(consumer, address, "dec-a", "P1/a", [5, 0], first_block=1)  # decode already had page 0
+    assert _wait_results(consumer, "dec-a") == (True, "")
+    for layer in range(LAYERS):
+        assert np.array_equal(dst[layer, 5], src[layer, 2]) and np.array_equal(dst[layer, 0], src[layer, 6])
+        assert not dst[layer, [1, 2, 3, 4, 6, 7]].any()  # nothing else touched
+    deadline = time.monotonic() + 5
+    while "req-a" not in producer.take_finished():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert producer.num_held() == 0
+
+
+def test_request_before_hold_waits_for_it(pair):
+    producer, consumer, src, dst, address = pair
+    _request(consumer, address, "dec-b", "P1/b", [3])
+    time.sleep(0.2)  # the request is parked on the producer
+    producer.hold("P1/b", "req-b", [4])
+    assert _wait_results(consumer, "dec-b") == (True, "")
+    assert np.array_equal(dst[:, 3], src[:, 4])
+
+
+def test_stale_engine_and_foreign_fingerprint_are_refused(pair):
+    producer, consumer, src, dst, address = pair
+    producer.hold("P1/c", "req-c", [1])
+    _request(consumer, address, "dec-c", "P1/c", [1], engine="P0-previous-run")
+    ok, why = _wait_results(consumer, "dec-c")
+    assert not ok and "stale transfer" in why
+    other = KVConsumer(MooncakeTransport(), consumer._layout, ConsumerConfig("D2", "another-model", timeout_s=2))
+    try:
+        _request(other, address, "dec-c2", "P1/c", [1])
+        ok, why = _wait_results(other, "dec-c2")
+        assert not ok and "fingerprint mismatch" in why
+    finally:
+        other.close()
+    assert not dst.any()  # no byte of refused KV landed
+
+
+def test_unknown_transfer_times_out_and_unclaimed_hold_is_freed(pair):
+    producer, consumer, src, dst, address = pair
+    producer.hold("P1/d", "req-d", [1])
+    _request(consumer, address, "dec-x", "P1/never-held", [2])
+    ok, why = _wait_results(consumer, "dec-x")
+    assert not ok and ("unknown" in why or "timed out" in why)
+    deadline = time.monotonic() + 10
+    while "req-d" not in producer.take_finished():  # hold_ttl_s=2 passes
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _request(consumer, address, "dec-d", "P1/d", [2])  # too late: refused, not loaded
+    ok, why = _wait_results(consumer, "dec-d")
+    assert not ok and not dst.any()
+
+
+def test_dead_producer_becomes_a_timeout(pair):
+    producer, consumer, src, dst, address = pair
+    producer.close()
+    _request(consumer, address, "dec-e", "P1/e", [1])
+    ok, why = _wait_results(consumer, "dec-e")
+    assert not ok and "timed out" in why
