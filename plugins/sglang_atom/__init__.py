@@ -18,4 +18,6 @@ def register() -> None:
     if _registered:
         return
     _registered = True
-    logger.info("atom-mesh SGLang plugin loaded")
+    from sglang_atom.transfer_backend_registration import register_transfer_backend
+
+    register_transfer_backend()
