@@ -1,0 +1,18 @@
+"""Co-located workers speaking the OpenAI API: forward the client's bytes unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from router.adapters.base import Adapter, Upstream, expect_single
+from router.placement.types import PlacementPlan
+from router.prepare import PreparedRequest
+
+
+class OpenAIAdapter(Adapter):
+    name = "openai"
+    disaggregated = False
+
+    async def send(self, plan: PlacementPlan, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
+        worker = expect_single(plan).worker
+        return Upstream(worker, await self.post(worker, request.route, request.raw, headers))

@@ -1,0 +1,290 @@
+"""Dispatch: run a prepared request on upstream workers, with retries, breakers and load.
+
+One pooled aiohttp session (created at app start, closed at shutdown) carries every
+upstream call. An attempt = place -> take load -> adapter legs -> status check. While
+nothing has reached the client, connection errors and retryable statuses are retried
+with exponential backoff and jitter, each time re-placed with the failed workers in
+`request.excluded` (for P/D, another pair). Every ending path (success, upstream error,
+client disconnect, cancellation, timeout) releases the `LoadGuard`, and every outcome is
+recorded on the worker's circuit breaker.
+
+The result is a `Reply`: a complete body, or a live stream the app relays chunk by chunk.
+A stream that breaks later cannot be retried (bytes already went out); the app turns it
+into an SSE error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from router.adapters.base import Adapter, LegFailure, Upstream
+from router.config import RouterConfig
+from router.load_guard import LoadGuard
+from router.metrics import RouterMetrics
+from router.placement.types import Pair, PlacementError, PlacementPlan, RequestDescriptor, Single
+from router.prepare import PreparedRequest
+from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, ApiError
+from router.workers.worker import Worker
+
+logger = logging.getLogger("atom_mesh.dispatch")
+
+Place = Callable[[RequestDescriptor], PlacementPlan]
+
+_STREAM_ERRORS = (aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
+
+
+def create_session() -> aiohttp.ClientSession:
+    """The router's one upstream client pool: keep-alive, no total timeout (dispatch
+    enforces `request_timeout_secs` itself, streams included), no cookie jar, no limit
+    on connections (admission control bounds concurrency)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def plan_workers(plan: PlacementPlan) -> tuple[Worker, ...]:
+    return (plan.worker,) if isinstance(plan, Single) else (plan.prefill, plan.decode)
+
+
+def worker_headers(plan: PlacementPlan) -> list[tuple[str, str]]:
+    """Response headers naming the workers used (the demo prints them)."""
+    if isinstance(plan, Single):
+        return [("x-atom-worker", plan.worker.url)]
+    return [("x-atom-prefill-worker", plan.prefill.url), ("x-atom-decode-worker", plan.decode.url)]
+
+
+@dataclass
+class Reply:
+    """What the client gets: status, headers, and a full body or a live upstream stream.
+
+    `close()` must run on every path (the app does it in `finally`): it releases the load
+    counters and aborts an unfinished upstream stream so the engine stops generating.
+    """
+
+    status: int
+    content_type: bytes
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    upstream: Upstream | None = None
+    guard: LoadGuard | None = None
+    deadline: float = 0.0
+    on_stream_failure: Callable[[Worker], None] = field(default=lambda _w: None, repr=False)
+    _complete: bool = False
+
+    @property
+    def streaming(self) -> bool:
+        return self.upstream is not None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Upstream chunks as they arrive. A broken upstream raises `ApiError(502)`; the
+        request deadline raises `ApiError(504)`."""
+        assert self.upstream is not None
+        upstream = self.upstream
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                async for chunk in upstream.response.content.iter_any():
+                    yield chunk
+        except TimeoutError:
+            raise ApiError(504, "request timed out while streaming; raise --request-timeout-secs for long generations", code="timeout") from None
+        except _STREAM_ERRORS as exc:
+            self.on_stream_failure(upstream.worker)
+            raise ApiError(
+                502, f"worker {upstream.worker.url} failed mid-stream: {exc!r}", code="upstream_stream_broken"
+            ) from None
+        self._complete = True
+
+    def close(self) -> None:
+        if self.upstream is not None:
+            if self._complete:
+                self.upstream.response.release()
+            else:
+                self.upstream.response.close()
+        if self.guard is not None:
+            self.guard.release()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        adapter: Adapter,
+        place: Place,
+        config: RouterConfig,
+        metrics: RouterMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.place = place
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng or random.Random(config.seed)
+        self._retryable = frozenset(config.retry.retryable_statuses)
+
+    def backoff_secs(self, retry: int) -> float:
+        """Delay before retry number `retry` (1-based): exponential, capped, jittered."""
+        r = self.config.retry
+        base = min(r.initial_backoff_ms * r.backoff_multiplier ** (retry - 1), r.max_backoff_ms) / 1000
+        return max(0.0, base * (1 + r.jitter_factor * self.rng.uniform(-1, 1)))
+
+    async def run(self, request: PreparedRequest) -> Reply:
+        """Place and send `request`, retrying while nothing reached the client.
+
+        Raises `ApiError` for every failure (placement, upstream, timeout), so the caller
+        has exactly one error path.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout_secs
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._attempts(request, deadline)
+        except TimeoutError:
+            raise ApiError(
+                504,
+                f"no answer within {self.config.request_timeout_secs:g}s; the worker may be overloaded or hung "
+                "(raise --request-timeout-secs for long generations)",
+                code="timeout",
+            ) from None
+
+    async def _attempts(self, request: PreparedRequest, deadline: float) -> Reply:
+        descriptor = request.descriptor
+        retry_cfg = self.config.retry
+        attempts = retry_cfg.max_retries + 1 if retry_cfg.enabled else 1
+        headers = {"content-type": "application/json", "x-request-id": descriptor.request_id}
+        last_error: ApiError | None = None
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff_secs(attempt))
+            try:
+                plan = self.place(descriptor)
+            except PlacementError as exc:
+                if last_error is not None:  # nothing else to try: the upstream error is the cause
+                    raise last_error from None
+                raise ApiError.from_typed(exc) from None
+            self._record_placement(plan)
+            guard = LoadGuard(plan_workers(plan), descriptor.estimated_tokens)
+            try:
+                reply = await self._attempt(plan, request, headers, guard, deadline)
+            except _Retryable as exc:
+                guard.release()
+                last_error = exc.error
+                self._failed(exc.worker, descriptor)
+                if attempt + 1 < attempts:
+                    self.metrics.retries.labels(request.route, exc.cause).inc()
+                    logger.info(
+                        "retrying", extra={"attempt": attempt + 1, "worker": exc.worker.url, "cause": exc.cause}
+                    )
+                continue
+            except TimeoutError:
+                guard.release()
+                for worker in plan_workers(plan):
+                    worker.breaker.record_failure(self.clock())
+                raise
+            except BaseException:
+                guard.release()
+                raise
+            return reply
+        assert last_error is not None
+        raise last_error
+
+    async def _attempt(
+        self,
+        plan: PlacementPlan,
+        request: PreparedRequest,
+        headers: dict[str, str],
+        guard: LoadGuard,
+        deadline: float,
+    ) -> Reply:
+        try:
+            upstream = await self.adapter.send(plan, request, headers)
+        except LegFailure as exc:
+            if exc.status is None or exc.status in self._retryable:
+                raise _Retryable(exc.worker, _leg_error(exc), "connect" if exc.status is None else str(exc.status)) from None
+            exc.worker.breaker.record_success()  # a 4xx is the request's fault, not the worker's
+            raise _leg_error(exc) from None
+        resp = upstream.response
+        status = resp.status
+        names = worker_headers(plan)
+        content_type = resp.headers.get("content-type", "").encode("latin-1") or JSON_CONTENT_TYPE
+        try:
+            if status == 200 and request.descriptor.stream and content_type.startswith(SSE_CONTENT_TYPE):
+                self._succeeded(plan)
+                return Reply(
+                    status,
+                    content_type,
+                    names,
+                    upstream=upstream,
+                    guard=guard,
+                    deadline=deadline,
+                    on_stream_failure=lambda w: self._failed(w, request.descriptor),
+                )
+            body = upstream.body if upstream.body is not None else await resp.read()
+        except _STREAM_ERRORS as exc:
+            resp.close()
+            raise _Retryable(
+                upstream.worker,
+                ApiError(502, f"worker {upstream.worker.url} dropped the connection: {exc!r}", code="upstream_error"),
+                "read",
+            ) from None
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        if status in self._retryable:
+            raise _Retryable(upstream.worker, ApiError.from_upstream(status, body, upstream.worker.url), str(status))
+        self._succeeded(plan)
+        guard.release()
+        if status >= 400:
+            return Reply(status, JSON_CONTENT_TYPE, names, body=ApiError.from_upstream(status, body, upstream.worker.url).body())
+        return Reply(status, content_type, names, body=body)
+
+    def _record_placement(self, plan: PlacementPlan) -> None:
+        placements = self.metrics.placements
+        if isinstance(plan, Pair):
+            placements.labels("prefill", self.config.policy_for("prefill"), plan.prefill_reason).inc()
+            placements.labels("decode", self.config.policy_for("decode"), plan.decode_reason).inc()
+        else:
+            placements.labels("regular", self.config.policy, plan.reason).inc()
+
+    def _succeeded(self, plan: PlacementPlan) -> None:
+        for worker in plan_workers(plan):
+            worker.breaker.record_success()
+
+    def _failed(self, worker: Worker, descriptor: RequestDescriptor) -> None:
+        worker.breaker.record_failure(self.clock())
+        descriptor.excluded.add(worker.worker_id)
+        self.metrics.upstream_failures.labels(worker.url, worker.role.value).inc()
+        logger.warning("upstream failed", extra={"worker": worker.url, "role": worker.role.value})
+
+
+class _Retryable(Exception):
+    """An attempt failed before anything reached the client; another worker may succeed."""
+
+    def __init__(self, worker: Worker, error: ApiError, cause: str) -> None:
+        super().__init__(error.message)
+        self.worker = worker
+        self.error = error
+        self.cause = cause
+
+
+def _leg_error(exc: LegFailure) -> ApiError:
+    if exc.status is None:
+        return ApiError(502, exc.message, code="upstream_unreachable")
+    if exc.body:
+        inner = ApiError.from_upstream(exc.status, exc.body, exc.worker.url)
+        return ApiError(
+            exc.status, f"{exc.message}: {inner.message}", type=inner.type, param=inner.param, code=inner.code or "upstream_error"
+        )
+    return ApiError(exc.status, exc.message, code="upstream_error")

@@ -1,0 +1,174 @@
+"""Prepare: an OpenAI request body -> a validated `PreparedRequest` with its descriptor.
+
+Validation is deliberately shallow: the fields the router itself relies on (model,
+messages/prompt, stream, token limits, n) are checked strictly so that bad input gets a
+clear 4xx here instead of a confusing engine error or a crash; everything else passes
+through (`extra="allow"`), because engines accept many fields of their own.
+The raw bytes are kept: co-located dispatch forwards them unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Union
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from router.placement.types import RequestDescriptor
+from router.render import ApiError
+from router.tokenizer import Tokenizer
+
+CHAT_ROUTE = "/v1/chat/completions"
+COMPLETIONS_ROUTE = "/v1/completions"
+
+# No engine generates a million tokens for one request; larger values are typos or abuse.
+MAX_TOKENS_LIMIT = 1 << 20
+MAX_N = 128
+
+TokenLimit = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Open):
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class ChatMessage(_Open):
+    role: StrictStr
+    content: StrictStr | list[ContentPart] | None = None
+
+
+class _Common(_Open):
+    model: StrictStr | None = None
+    stream: StrictBool | None = False
+    max_tokens: TokenLimit | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] | None = None
+
+
+class ChatCompletionRequest(_Common):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: TokenLimit | None = None
+
+
+Prompt = Union[
+    StrictStr,
+    Annotated[list[StrictStr], Field(min_length=1)],
+    Annotated[list[StrictInt], Field(min_length=1)],
+    Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)],
+]
+
+
+class CompletionRequest(_Common):
+    prompt: Prompt
+
+
+@dataclass
+class PreparedRequest:
+    """A validated request: the route, the client's bytes, the parsed body and its descriptor."""
+
+    route: str
+    raw: bytes
+    body: dict[str, Any]
+    descriptor: RequestDescriptor
+    # Number of prompts in a completions batch (list of strings / list of token lists); 1 otherwise.
+    batch_size: int = 1
+
+
+def payload_too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"request body exceeds the router's limit of {limit} bytes; send a smaller request or raise --max-payload-size",
+        code="payload_too_large",
+    )
+
+
+def _validation_error(exc: ValidationError) -> ApiError:
+    first = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "list[", "str", "int"))]
+    param = ".".join(loc) or None
+    return ApiError(400, f"invalid request: {param or 'body'}: {first.get('msg', 'invalid value')}", param=param)
+
+
+def _chat_text(messages: list[dict[str, Any]]) -> str:
+    """Every message's role and text, in order: the prefix-routing key for a chat."""
+    lines = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+        lines.append(f"{m.get('role', '')}: {content or ''}")
+    return "\n".join(lines)
+
+
+def _prompt_key(prompt: Any) -> tuple[str, list[int] | None, int]:
+    """(routing text, prompt token ids if the client sent ids, batch size)."""
+    if isinstance(prompt, str):
+        return prompt, None, 1
+    if prompt and isinstance(prompt[0], str):
+        return "\n".join(prompt), None, len(prompt)
+    if prompt and isinstance(prompt[0], list):
+        # A batch of token prompts routes by its first prompt; all go to one worker.
+        return " ".join(map(str, prompt[0])), list(prompt[0]), len(prompt)
+    return " ".join(map(str, prompt)), list(prompt), 1
+
+
+def _request_id(headers: Mapping[str, str], names: list[str]) -> str:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value
+    return f"atom-{uuid.uuid4().hex}"
+
+
+def prepare_request(
+    route: str,
+    raw: bytes,
+    headers: Mapping[str, str],
+    *,
+    request_id_headers: list[str],
+    session_header: str,
+    tokenizer: Tokenizer | None = None,
+) -> PreparedRequest:
+    """Parse and validate `raw` for `route`; raise `ApiError` (4xx) on bad input.
+
+    `headers` must have lower-case names.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    model_cls = ChatCompletionRequest if route == CHAT_ROUTE else CompletionRequest
+    try:
+        parsed = model_cls.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+    batch_size = 1
+    if isinstance(parsed, ChatCompletionRequest):
+        text, tokens = _chat_text(body["messages"]), None
+        max_out = parsed.max_completion_tokens or parsed.max_tokens
+    else:
+        text, tokens, batch_size = _prompt_key(body["prompt"])
+        max_out = parsed.max_tokens
+    if tokens is None and tokenizer is not None:
+        tokens = tokenizer.encode(text)
+    prompt_estimate = len(tokens) if tokens is not None else len(text) // 4 + 1
+    descriptor = RequestDescriptor(
+        request_id=_request_id(headers, request_id_headers),
+        model=parsed.model,
+        routing_text=text,
+        stream=bool(parsed.stream),
+        routing_tokens=tokens,
+        session_key=headers.get(session_header) or None,
+        estimated_tokens=(prompt_estimate + (max_out or 0)) * batch_size * (parsed.n or 1),
+    )
+    return PreparedRequest(route=route, raw=raw, body=body, descriptor=descriptor, batch_size=batch_size)

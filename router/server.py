@@ -1,0 +1,66 @@
+"""Serve the router with uvicorn (uvloop + httptools, access log off, optional TLS).
+
+With `--prometheus-port`, metrics are also served on a listener of their own, in the
+same event loop, so scrapers need not reach the inference port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from router.app import create_app
+from router.config import RouterConfig
+from router.logging_setup import configure_logging
+
+
+def _uvicorn_config(app: Starlette, config: RouterConfig, host: str, port: int, *, lifespan: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=config.log_level,
+        lifespan=lifespan,
+        ssl_certfile=config.tls_cert_path,
+        ssl_keyfile=config.tls_key_path,
+        timeout_keep_alive=75,
+    )
+
+
+async def _serve(config: RouterConfig) -> None:
+    app = create_app(config)
+    main = uvicorn.Server(_uvicorn_config(app, config, config.host, config.port, lifespan="on"))
+    if not config.prometheus_port:
+        await main.serve()
+        return
+    metrics_app = Starlette(routes=[Route("/metrics", app.state.service.metrics_endpoint)])
+    host = config.prometheus_host or config.host
+    metrics = uvicorn.Server(_uvicorn_config(metrics_app, config, host, config.prometheus_port, lifespan="off"))
+    # Each uvicorn server installs SIGINT/SIGTERM handlers; the main server's must be the
+    # last installed so a signal stops it, and it then stops the metrics listener.
+    metrics_task = asyncio.create_task(metrics.serve())
+    while not metrics.started and not metrics_task.done():
+        await asyncio.sleep(0.01)
+    try:
+        await main.serve()
+    finally:
+        metrics.should_exit = True
+        await metrics_task
+
+
+def serve(config: RouterConfig) -> int:
+    """Run until SIGINT/SIGTERM; the exit status for `router.cli.main`."""
+    if bool(config.tls_cert_path) != bool(config.tls_key_path):
+        print("atom-router: --tls-cert-path and --tls-key-path must be given together")
+        return 2
+    configure_logging(config.log_level, json=config.log_json)
+    import uvloop
+
+    uvloop.run(_serve(config))
+    return 0
