@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
-Key = Union[str, tuple[int, ...]]
+Key = str | tuple[int, ...]
 
 
 def as_key(key: Sequence[Any]) -> Key:
@@ -141,7 +141,8 @@ class RadixTree:
         finally picks, which refreshes that path's recency.
         """
         key = as_key(key)
-        node, matched, holders = self._root, 0, ()
+        node, matched = self._root, 0
+        holders: tuple[str, ...] = ()
         while matched < len(key):
             child = node.children.get(key[matched])
             if child is None:

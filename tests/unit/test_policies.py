@@ -253,7 +253,7 @@ def test_removing_a_worker_moves_only_its_own_keys() -> None:
     policy.on_worker_removed(gone)
     rest = [w for w in workers if w is not gone]
     after = picks(policy, rest, [req(t) for t in texts])
-    for b, a in zip(before, after):
+    for b, a in zip(before, after, strict=True):
         if b is not gone:
             assert a is b
     assert any(b is gone for b in before)

@@ -31,7 +31,7 @@ def check_invariants(tree: RadixTree) -> None:
 
 def lcp(a, b) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -57,7 +57,8 @@ def test_match_reports_every_tenant_at_the_deepest_node_and_respects_the_allowed
     both = tree.prefix_match("shared system prompt: someone else")
     assert both.length == len("shared system prompt: ") and set(both.tenants) == {"a", "b"}
     # Only b allowed: a's longer match is invisible.
-    assert tree.prefix_match("shared system prompt: user one", {"b"}) == PrefixMatch(len("shared system prompt: user "), ("b",))
+    only_b = tree.prefix_match("shared system prompt: user one", {"b"})
+    assert only_b == PrefixMatch(len("shared system prompt: user "), ("b",))
     assert tree.prefix_match("shared system prompt: user one", {"c"}) == PrefixMatch(0, ())
     check_invariants(tree)
 
