@@ -53,6 +53,17 @@ def test_router_cli_help_imports_no_engine() -> None:
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def _repo_packages() -> list[str]:
+    """Top-level packages in the repo (root and plugins/), except the non-shipped ones."""
+    not_shipped = {"tests", "benchmarks", "scripts"}
+    return sorted(
+        d.name
+        for base in (REPO, REPO / "plugins")
+        for d in base.iterdir()
+        if (d / "__init__.py").is_file() and d.name not in not_shipped
+    )
+
+
 def _source_copy(dest: Path) -> Path:
     """The repo without venvs, caches and build output, so the install builds from source."""
     ignore = shutil.ignore_patterns(
@@ -85,6 +96,14 @@ def test_clean_venv_install_runs_router_help(tmp_path: Path) -> None:
     )
     assert help_run.returncode == 0, help_run.stderr
     assert "--pd-disaggregation" in help_run.stdout and "--backend" in help_run.stdout
+
+    # Every importable package of the repo ships (a package missing from pyproject's
+    # `packages.find` works in the editable dev install but breaks real installs).
+    shipped = subprocess.run(
+        [py, "-c", f"import importlib.util as u; print([p for p in {_repo_packages()!r} if not u.find_spec(p)])"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert shipped.stdout.strip() == "[]", "packages missing from the installed dist: " + shipped.stdout
 
     eps = subprocess.run(
         [py, "-c", "import importlib.metadata as m; print(sorted(e.value for e in m.entry_points(group='vllm.general_plugins')))"],
