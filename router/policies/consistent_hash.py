@@ -44,8 +44,8 @@ class ConsistentHashPolicy(Policy):
         self._load_factor = config.hash_load_factor
         self._prefix_length = config.prefix_key_length
         self._points: dict[str, list[int]] = {}
-        # The ring for the last candidate set (candidate sets rarely change between calls).
-        self._ring_ids: tuple[str, ...] = ()
+        # The ring for the last candidate set (it rarely changes between calls; order is irrelevant).
+        self._ring_ids: frozenset[str] = frozenset()
         self._ring_hashes: list[int] = []
         self._ring_owners: list[Worker] = []
 
@@ -73,10 +73,10 @@ class ConsistentHashPolicy(Policy):
     def on_worker_removed(self, worker: Worker) -> None:
         self._points.pop(worker.worker_id, None)
         if worker.worker_id in self._ring_ids:
-            self._ring_ids, self._ring_hashes, self._ring_owners = (), [], []
+            self._ring_ids, self._ring_hashes, self._ring_owners = frozenset(), [], []
 
     def _build_ring(self, workers: Sequence[Worker]) -> None:
-        ids = tuple(w.worker_id for w in workers)
+        ids = frozenset(w.worker_id for w in workers)
         if ids == self._ring_ids:
             return
         ring = sorted(

@@ -19,7 +19,7 @@ for its tenant, and eviction is O(1) per entry with no scan and no clock.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,9 +208,6 @@ class RadixTree:
                     stack.append(child)
         for node in reversed(holding):  # descendants before ancestors
             self._drop(node, tenant)
-
-    def tenants(self) -> Iterator[str]:
-        return iter(list(self._sizes))
 
     # --- internals -----------------------------------------------------------------------
 
