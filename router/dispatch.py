@@ -147,10 +147,13 @@ class Dispatcher:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout_secs
+        current: list[PlacementPlan] = []  # the plan of the attempt in progress
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._attempts(request, deadline)
+                return await self._attempts(request, deadline, current)
         except TimeoutError:
+            for worker in plan_workers(current[-1]) if current else ():
+                worker.breaker.record_failure(self.clock())  # a hung worker is a failing one
             raise ApiError(
                 504,
                 f"no answer within {self.config.request_timeout_secs:g}s; the worker may be overloaded or hung "
@@ -158,7 +161,7 @@ class Dispatcher:
                 code="timeout",
             ) from None
 
-    async def _attempts(self, request: PreparedRequest, deadline: float) -> Reply:
+    async def _attempts(self, request: PreparedRequest, deadline: float, current: list[PlacementPlan]) -> Reply:
         descriptor = request.descriptor
         retry_cfg = self.config.retry
         attempts = retry_cfg.max_retries + 1 if retry_cfg.enabled else 1
@@ -174,6 +177,7 @@ class Dispatcher:
                     raise last_error from None
                 raise ApiError.from_typed(exc) from None
             self._record_placement(plan)
+            current.append(plan)
             guard = LoadGuard(plan_workers(plan), descriptor.estimated_tokens)
             try:
                 reply = await self._attempt(plan, request, headers, guard, deadline)
@@ -187,11 +191,6 @@ class Dispatcher:
                         "retrying", extra={"attempt": attempt + 1, "worker": exc.worker.url, "cause": exc.cause}
                     )
                 continue
-            except TimeoutError:
-                guard.release()
-                for worker in plan_workers(plan):
-                    worker.breaker.record_failure(self.clock())
-                raise
             except BaseException:
                 guard.release()
                 raise

@@ -89,11 +89,31 @@ def payload_too_large(limit: int) -> ApiError:
     )
 
 
-def _validation_error(exc: ValidationError) -> ApiError:
+def _validation_error(exc: ValidationError, body: dict[str, Any]) -> ApiError:
     first = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "list[", "str", "int"))]
-    param = ".".join(loc) or None
+    param = _param_path(first.get("loc", ()), body, missing=first.get("type") == "missing")
     return ApiError(400, f"invalid request: {param or 'body'}: {first.get('msg', 'invalid value')}", param=param)
+
+
+def _param_path(loc: tuple[Any, ...], body: Any, *, missing: bool) -> str | None:
+    """The offending field as `messages.0.role`: pydantic's location minus its union-member
+    tags (`str`, `list[int]` ...), found by walking the body itself. A missing field
+    (not in the body) is named too."""
+    parts: list[str] = []
+    node = body
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            parts.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and missing and isinstance(part, str):
+            parts.append(part)
+            break
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            parts.append(str(part))
+            node = node[part]
+        else:
+            break
+    return ".".join(parts) or None
 
 
 def _chat_text(messages: list[dict[str, Any]]) -> str:
@@ -150,7 +170,7 @@ def prepare_request(
     try:
         parsed = model_cls.model_validate(body)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise _validation_error(exc, body) from None
 
     batch_size = 1
     if isinstance(parsed, ChatCompletionRequest):
