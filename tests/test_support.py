@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -151,3 +152,36 @@ def test_tiny_model_build_is_deterministic(tmp_path: Path, monkeypatch: pytest.M
 def test_unknown_model_kind_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="known: llama"):
         build_tiny_model("no-such-kind")
+
+
+def test_ctrl_c_stops_managed_processes(tmp_path: Path) -> None:
+    """SIGINT to a program using ManagedProcess kills its servers, then raises KeyboardInterrupt."""
+    script = tmp_path / "prog.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import signal, sys
+            sys.path.insert(0, {str(REPO)!r})
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores it
+            from tests.support.ports import free_port
+            from tests.support.processes import ManagedProcess
+            p = ManagedProcess(["sleep", "600"], name="s", port=free_port())
+            print(p.pgid, flush=True)
+            try:
+                p.wait_http_ready(timeout=600)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            """
+        )
+    )
+    prog = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pgid = int(prog.stdout.readline())
+        assert processes_in_session(pgid)
+        prog.send_signal(signal.SIGINT)
+        rest, _ = prog.communicate(timeout=120)
+    finally:
+        prog.kill()
+        prog.wait()
+    assert "interrupted" in rest
+    assert processes_in_session(pgid) == []

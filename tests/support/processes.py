@@ -251,6 +251,8 @@ def _install_cleanup_handlers() -> None:
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(sig)
+        if previous == signal.SIG_IGN:  # e.g. a background job: whoever ignored it meant it
+            continue
 
         def handler(signum: int, frame: FrameType | None, previous=previous) -> None:
             stop_all()
