@@ -94,7 +94,53 @@ def _llama() -> ModelSpec:
     )
 
 
-_KINDS: dict[str, Callable[[], ModelSpec]] = {"llama": _llama}
+def _qwen3() -> ModelSpec:
+    """Llama's shape plus Qwen3's per-head q/k RMSNorm; tied embeddings (as small Qwen3s ship)."""
+    return ModelSpec(
+        config_class="Qwen3Config",
+        model_class="Qwen3ForCausalLM",
+        config={
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 64,
+            "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-6,
+            "initializer_range": 0.2,
+            "tie_word_embeddings": True,
+        },
+    )
+
+
+def _qwen3_moe() -> ModelSpec:
+    """Qwen3 with 4 experts (top-2, renormalized) in layer 0 and a dense MLP in layer 1."""
+    return ModelSpec(
+        config_class="Qwen3MoeConfig",
+        model_class="Qwen3MoeForCausalLM",
+        config={
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "moe_intermediate_size": 64,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "norm_topk_prob": True,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [1],
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 64,
+            "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-6,
+            "initializer_range": 0.2,
+            "tie_word_embeddings": False,
+        },
+    )
+
+
+_KINDS: dict[str, Callable[[], ModelSpec]] = {"llama": _llama, "qwen3": _qwen3, "qwen3_moe": _qwen3_moe}
 
 
 def model_kinds() -> list[str]:
