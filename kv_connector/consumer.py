@@ -54,7 +54,7 @@ class KVConsumer:
         self._clock = clock
         self._lock = threading.Lock()
         self._tracker = ReceiveTracker()
-        self._tickets: dict[str, str] = {}  # ticket -> transfer id, for logs
+        self._tickets: dict[str, tuple[str, float]] = {}  # ticket -> (transfer id, start), for logs
         self._channel = SideChannel(self._on_message, tick=self._tick, name="atom-kv-consumer")
 
     def request(
@@ -72,7 +72,7 @@ class KVConsumer:
         ticket = uuid.uuid4().hex
         with self._lock:
             self._tracker.start(ticket, owner, deadline=self._clock() + self._cfg.timeout_s + self._cfg.grace_s)
-            self._tickets[ticket] = transfer_id
+            self._tickets[ticket] = (transfer_id, self._clock())
         self._channel.send(
             ReplyTo(address=producer_address),
             PushRequest(
@@ -114,7 +114,8 @@ class KVConsumer:
             return
         with self._lock:
             known = self._tracker.complete(msg.ticket, msg.ok, msg.error)
-            self._tickets.pop(msg.ticket, None)
+            _, started = self._tickets.pop(msg.ticket, ("", self._clock()))
+        logger.debug("push result for %s after %.2f ms: ok=%s", msg.transfer_id, (self._clock() - started) * 1e3, msg.ok)
         if not known:
             logger.warning("late or unknown push result for transfer %s (ok=%s)", msg.transfer_id, msg.ok)
         elif not msg.ok:
@@ -123,6 +124,6 @@ class KVConsumer:
     def _tick(self) -> None:
         with self._lock:
             expired = self._tracker.expire(self._clock())
-            ids = [self._tickets.pop(t, t) for t, _ in expired]
+            ids = [self._tickets.pop(t, (t, 0.0))[0] for t, _ in expired]
         for transfer_id in ids:
             logger.warning("gave up on KV for transfer %s after %.0fs", transfer_id, self._cfg.timeout_s + self._cfg.grace_s)

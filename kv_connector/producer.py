@@ -160,6 +160,7 @@ class KVProducer:
 
     def _push(self, to: ReplyTo, req: PushRequest, hold: Hold, deadline: float) -> None:
         ok, error, nbytes = False, "", 0
+        started = time.perf_counter()
         try:
             if req.tamper is not None and req.tamper.startswith("delay:") and self._cfg.enable_test_hooks:
                 time.sleep(float(req.tamper.split(":", 1)[1]))
@@ -189,6 +190,9 @@ class KVProducer:
                 while len(self._ended) > _ENDED_MEMORY:
                     self._ended.popitem(last=False)
             self._reply(to, req, ok, error, nbytes)
+            logger.debug(
+                "push %s: ok=%s, %d bytes in %.2f ms", req.transfer_id, ok, nbytes, (time.perf_counter() - started) * 1e3
+            )
 
     def _write(self, peer: str, plan: list[list[TransferOp]], deadline: float) -> int:
         """Write the plan in batches of `regions_per_batch` regions, all in flight at once."""

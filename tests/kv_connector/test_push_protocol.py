@@ -35,7 +35,7 @@ def _layout(t: MooncakeTransport, kv: np.ndarray) -> KVLayout:
     return KVLayout(tuple(Region(0, i * BLOCKS * PAGE, PAGE, PAGE, BLOCKS) for i in range(LAYERS)), (mem,))
 
 
-def _wait_results(consumer: KVConsumer, owner: str, timeout: float = 30.0) -> tuple[bool, str]:
+def _wait_results(consumer: KVConsumer, owner: str, timeout: float = 120.0) -> tuple[bool, str]:
     """Poll like the engine does each step; the deadline inside the consumer ends every wait."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -49,21 +49,30 @@ def _wait_results(consumer: KVConsumer, owner: str, timeout: float = 30.0) -> tu
 
 
 @pytest.fixture
-def pair():
-    src, dst = _kv("random"), _kv("zeros")
-    pt, ct = MooncakeTransport(), MooncakeTransport()
-    port = free_port()
-    producer = KVProducer(
-        pt, _layout(pt, src), ProducerConfig("P1", "fp", hold_ttl_s=2.0, regions_per_batch=1), bind=("127.0.0.1", port)
-    )
-    consumer = KVConsumer(ct, _layout(ct, dst), ConsumerConfig("D1", "fp", timeout_s=2.0, grace_s=0.5))
-    try:
-        yield producer, consumer, src, dst, f"tcp://127.0.0.1:{port}"
-    finally:
-        producer.close()
-        consumer.close()
-        pt.close()
-        ct.close()
+def make_pair():
+    """Build a producer/consumer pair; generous timeouts unless a test is about timeouts
+    (the CI machine is shared, so a push can stall for seconds under load)."""
+    parts = []
+
+    def make(hold_ttl_s: float = 60.0, timeout_s: float = 30.0):
+        src, dst = _kv("random"), _kv("zeros")
+        pt, ct = MooncakeTransport(), MooncakeTransport()
+        port = free_port()
+        producer = KVProducer(
+            pt, _layout(pt, src), ProducerConfig("P1", "fp", hold_ttl_s=hold_ttl_s, regions_per_batch=1), bind=("127.0.0.1", port)
+        )
+        consumer = KVConsumer(ct, _layout(ct, dst), ConsumerConfig("D1", "fp", timeout_s=timeout_s, grace_s=0.5))
+        parts.extend([producer, consumer, pt, ct])
+        return producer, consumer, src, dst, f"tcp://127.0.0.1:{port}"
+
+    yield make
+    for part in parts:
+        part.close()
+
+
+@pytest.fixture
+def pair(make_pair):
+    return make_pair()
 
 
 def _request(consumer, address, owner, transfer_id, dst_blocks, *, engine="P1", first_block=0):
@@ -107,21 +116,23 @@ def test_stale_engine_and_foreign_fingerprint_are_refused(pair):
     _request(consumer, address, "dec-c", "P1/c", [1], engine="P0-previous-run")
     ok, why = _wait_results(consumer, "dec-c")
     assert not ok and "stale transfer" in why
-    other = KVConsumer(MooncakeTransport(), consumer._layout, ConsumerConfig("D2", "another-model", timeout_s=2))
+    other_transport = MooncakeTransport()
+    other = KVConsumer(other_transport, consumer._layout, ConsumerConfig("D2", "another-model"))
     try:
         _request(other, address, "dec-c2", "P1/c", [1])
         ok, why = _wait_results(other, "dec-c2")
         assert not ok and "fingerprint mismatch" in why
     finally:
         other.close()
+        other_transport.close()
     assert not dst.any()  # no byte of refused KV landed
 
 
-def test_unknown_transfer_times_out_and_unclaimed_hold_is_freed(pair):
-    producer, consumer, src, dst, address = pair
+def test_unknown_transfer_times_out_and_unclaimed_hold_is_freed(make_pair):
+    producer, consumer, src, dst, address = make_pair(hold_ttl_s=2.0, timeout_s=2.0)
     producer.hold("P1/d", "req-d", [1])
     _request(consumer, address, "dec-x", "P1/never-held", [2])
-    ok, why = _wait_results(consumer, "dec-x")
+    ok, why = _wait_results(consumer, "dec-x", timeout=60)
     assert not ok and ("unknown" in why or "timed out" in why)
     deadline = time.monotonic() + 10
     while "req-d" not in producer.take_finished():  # hold_ttl_s=2 passes
@@ -132,8 +143,8 @@ def test_unknown_transfer_times_out_and_unclaimed_hold_is_freed(pair):
     assert not ok and not dst.any()
 
 
-def test_dead_producer_becomes_a_timeout(pair):
-    producer, consumer, src, dst, address = pair
+def test_dead_producer_becomes_a_timeout(make_pair):
+    producer, consumer, src, dst, address = make_pair(timeout_s=2.0)
     producer.close()
     _request(consumer, address, "dec-e", "P1/e", [1])
     ok, why = _wait_results(consumer, "dec-e")

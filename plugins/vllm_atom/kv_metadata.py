@@ -1,0 +1,34 @@
+"""What AtomKVConnector's scheduler side tells its workers each step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata
+
+
+@dataclass(frozen=True)
+class HoldSpec:
+    """Producer: keep these blocks of a finished prefill for a consumer to claim."""
+
+    transfer_id: str
+    block_ids: list[int]
+
+
+@dataclass(frozen=True)
+class RecvSpec:
+    """Consumer: have the producer push its KV into these blocks (or fail with `error`)."""
+
+    transfer_id: str
+    producer_address: str  # tcp://host:port of the producer's side channel (TP rank 0)
+    producer_engine_id: str
+    dst_block_ids: list[int]
+    first_block: int
+    tamper: str | None = None
+    error: str | None = None  # params were unusable: fail the request, do not wait
+
+
+@dataclass
+class AtomKVMetadata(KVConnectorMetadata):
+    holds: dict[str, HoldSpec] = field(default_factory=dict)  # request id -> hold
+    recvs: dict[str, RecvSpec] = field(default_factory=dict)  # request id -> receive
