@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eviction-interval-secs", type=int, default=60)
     r.add_argument("--max-tree-size", type=int, default=2**26)
     r.add_argument("--session-header", default="x-session-id", help="Header whose value keys session affinity.")
+    r.add_argument("--prefix-key-length", type=int, default=256, help="Characters (or tokens) of the routing text that key prefix_hash.")
+    r.add_argument("--hash-load-factor", type=float, default=1.25, help="Bounded-load factor for prefix_hash / consistent_hashing.")
+    r.add_argument("--max-sessions", type=int, default=2**20, help="Session-affinity entries kept (least recently used dropped).")
     r.add_argument("--tokenizer-path", default=None, help="Tokenizer dir or tokenizer.json for token-level routing keys.")
 
     q = p.add_argument_group("Requests, admission and security")
@@ -153,6 +156,9 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
             eviction_interval_secs=args.eviction_interval_secs,
             max_tree_size=args.max_tree_size,
             session_header=args.session_header.lower(),
+            prefix_key_length=args.prefix_key_length,
+            hash_load_factor=args.hash_load_factor,
+            max_sessions=args.max_sessions,
         ),
         retry=RetryConfig(
             max_retries=args.retry_max_retries,
