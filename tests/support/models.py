@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -153,10 +154,8 @@ def _cache_root() -> Path:
 
 
 def _content_hash(kind: str, spec: ModelSpec) -> str:
-    import tokenizers
-    import torch
-    import transformers
-
+    # Versions from metadata, not imports: the cache-hit path must not pay for importing torch.
+    versions = [importlib.metadata.version(d) for d in ("transformers", "tokenizers", "torch")]
     payload = {
         "builder": _BUILDER_VERSION,
         "kind": kind,
@@ -165,7 +164,7 @@ def _content_hash(kind: str, spec: ModelSpec) -> str:
         "seed": _SEED,
         "tokenizer_vocab": _TOKENIZER_VOCAB,
         "chat_template": CHAT_TEMPLATE,
-        "versions": [transformers.__version__, tokenizers.__version__, torch.__version__],
+        "versions": versions,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
