@@ -23,8 +23,10 @@ PLUGIN_LINE = "atom-mesh vLLM plugin loaded"
 def test_vllm_logs_that_the_plugin_loaded(vllm_colocated: ManagedProcess) -> None:
     log = vllm_colocated.log_text()
     assert PLUGIN_LINE in log, (
-        f"vLLM's log has no {PLUGIN_LINE!r}: the atom_mesh entry point did not run or its "
-        f"INFO line is not emitted where vLLM logs.\nlog {vllm_colocated.log_path} tail:\n"
+        f"vLLM's log has no {PLUGIN_LINE!r}: either the atom_mesh entry point did not run, or "
+        "its INFO line went nowhere (vLLM configures handlers for the 'vllm' logger only, so an "
+        "'atom_mesh.*' logger needs a handler of its own inside the engine).\n"
+        f"log {vllm_colocated.log_path} tail:\n"
         + vllm_colocated.log_tail(40)
     )
     assert "Failed to load plugin" not in log
