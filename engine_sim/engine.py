@@ -1,0 +1,76 @@
+"""The asyncio driver of one `EngineCore`: sleeps each step's duration and hands out tokens.
+
+One task per engine runs steps back to back while there is work and parks on an event when
+idle. Callers get a per-request queue of `TokenEvent`s; leaving `generate()` early (client
+gone, fault, cancellation) aborts the request in the core so its blocks are freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from engine_sim.config import EngineConfig
+from engine_sim.scheduler import EngineCore, SimRequest, TokenEvent
+
+logger = logging.getLogger("atom_mesh.engine_sim")
+
+
+class AsyncEngine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.core = EngineCore(cfg)
+        self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # Requests accepted by the HTTP layer but not in the core yet (waiting for remote KV).
+        self.pending_kv = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="engine-sim-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def num_running(self) -> int:
+        return len(self.core.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.core.waiting) + self.pending_kv
+
+    async def generate(self, request: SimRequest) -> AsyncIterator[TokenEvent]:
+        """Yield the request's tokens as steps produce them; abort it if the caller stops early."""
+        self.core.add(request)
+        queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._queues[request.request_id] = queue
+        self._wake.set()
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.finished:
+                    return
+        finally:
+            self._queues.pop(request.request_id, None)
+            self.core.abort(request.request_id)  # no-op once finished
+
+    async def _run(self) -> None:
+        while True:
+            plan = self.core.schedule()
+            if plan is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await asyncio.sleep(plan.duration)
+            for event in self.core.complete(plan):
+                queue = self._queues.get(event.request_id)
+                if queue is not None:
+                    queue.put_nowait(event)
