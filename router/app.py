@@ -30,6 +30,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from router.adapters import ADAPTERS, Adapter
+from router.adapters.openai import OpenAIAdapter
 from router.admin import admin_routes
 from router.admission import AdmissionCollector, AdmissionController, AdmissionRejected
 from router.auth import Authenticator, AuthMiddleware
@@ -85,7 +86,9 @@ class RouterService:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.session = create_session()
-        self.adapter = ADAPTERS[self.config.backend](self.session)
+        # Without --pd-disaggregation every backend's workers are plain OpenAI servers.
+        adapter_cls = ADAPTERS[self.config.backend] if self.config.pd_disaggregation else OpenAIAdapter
+        self.adapter = adapter_cls(self.session)
         adapter = self.adapter
         self.manager.add_registration_hook(lambda worker, _session: adapter.prepare_worker(worker))
         self.dispatcher = Dispatcher(
@@ -190,6 +193,11 @@ class RouterService:
         try:
             reply = await self.dispatcher.run(prepared)
         except ApiError as err:
+            await send_error(send, err)
+            return err.status
+        except Exception:  # a bug, not bad input or a bad upstream: still one clean answer
+            logger.exception("internal error while dispatching")
+            err = ApiError(500, "internal router error; see the router's log for this request id", code="internal_error")
             await send_error(send, err)
             return err.status
         try:

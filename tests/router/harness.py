@@ -107,3 +107,16 @@ def loads_are_zero(router: RunningRouter) -> bool:
     return all(w.in_flight_requests == 0 and w.in_flight_tokens == 0 for w in router.workers)
 
 
+
+
+async def metrics_with(router: RunningRouter, needle: str, attempts: int = 200) -> str:
+    """The router's /metrics once `needle` shows up (requests are counted just after their
+    last byte went out, so a scrape right after an answer may be early)."""
+    text = ""
+    for _ in range(attempts):
+        async with router.http.get(router.url + "/metrics") as resp:
+            text = await resp.text()
+        if needle in text:
+            break
+        await asyncio.sleep(0.02)
+    return text

@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 
-from tests.router.harness import make_config, regular, running_router
+from tests.router.harness import make_config, metrics_with, regular, running_router
 from tests.support.recording_upstream import RecordingUpstream, json_reply, upstreams
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
@@ -87,7 +87,7 @@ async def test_metrics_count_requests_placements_and_latency() -> None:
         await router.post("/v1/chat/completions", CHAT)
         await (await router.post("/v1/chat/completions", {**CHAT, "stream": True})).read()
         await router.post("/v1/chat/completions", {"messages": []})
-        text = await (await router.http.get(router.url + "/metrics")).text()
+        text = await metrics_with(router, 'status="400"} 1.0')
         assert 'atom_mesh_requests_total{model="tiny",route="/v1/chat/completions",status="200"} 2.0' in text
         assert 'atom_mesh_requests_total{model="unknown",route="/v1/chat/completions",status="400"} 1.0' in text
         assert 'atom_mesh_placements_total{policy="round_robin",reason="round_robin",role="regular"} 2.0' in text

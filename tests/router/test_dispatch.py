@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 
 from router.config import CircuitBreakerConfig
-from tests.router.harness import loads_are_zero, make_config, pd_workers, regular, running_router
+from tests.router.harness import loads_are_zero, metrics_with, make_config, pd_workers, regular, running_router
 from tests.support.recording_upstream import (
     hang,
     json_reply,
@@ -153,8 +153,7 @@ async def test_client_disconnect_cancels_non_stream_upstream() -> None:
         await asyncio.wait_for(rec.done.wait(), 10)
         assert rec.cancelled
         assert await _settled(router)
-        metrics = await (await router.http.get(router.url + "/metrics")).text()
-        assert 'status="499"' in metrics
+        assert 'status="499"' in await metrics_with(router, 'status="499"')
 
 
 async def test_client_disconnect_mid_stream_cancels_upstream() -> None:
