@@ -1,0 +1,161 @@
+"""Run the same traces through several routers, each in front of an identical fresh simulated fleet.
+
+    python -m benchmarks.compare_routers                      # every workload, every router
+    python -m benchmarks.compare_routers --preset quick --workloads shared-prefix
+
+Prints TTFT p50/p90/p99, end-to-end latency, throughput and the fleet's prefix-cache hit
+rate per router, each also as a ratio to sglang-router cache_aware; writes JSON and a TTFT
+plot under benchmarks/results/. A router whose package is missing is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import run_trace, summarize
+from benchmarks.processes import RouterUnderTest, SimFleetProcess, parse_router
+from benchmarks.report import format_table, machine_info, plot_ttft, write_json
+from benchmarks.workloads import Workload, generated_shared_prefix, kv_pressure, multi_turn_chat
+
+logger = logging.getLogger("atom_mesh.benchmarks")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure")
+ATOM_POLICIES = ("random", "round_robin", "power_of_two", "least_load", "cache_aware", "prefix_hash", "consistent_hashing", "session")
+PEERS = ("sglang-router:cache_aware", "sglang-router:round_robin", "vllm-router:cache_aware")
+PRESETS = {
+    "full": tuple(f"atom:{p}" for p in ATOM_POLICIES) + PEERS,
+    "quick": ("atom:round_robin", "atom:cache_aware") + PEERS,
+}
+
+
+@dataclass
+class Options:
+    routers: list[RouterUnderTest]
+    workloads: list[str]
+    workers: int = 4
+    # Simulator flags shared by every fleet; KV sized so prefix placement matters.
+    sim_args: list[str] = field(default_factory=lambda: ["--num-blocks", "512"])
+    rate: float = 8.0
+    scale: float = 1.0  # multiplies request counts (0.1 for a smoke run)
+    seed: int = 0
+    out_dir: Path = RESULTS_DIR
+    plot: bool = True
+
+
+def _sim_setting(sim_args: list[str], flag: str, default: int) -> int:
+    if flag in sim_args:
+        return int(sim_args[sim_args.index(flag) + 1])
+    return default
+
+
+def build_workload(name: str, opts: Options) -> Workload:
+    n = lambda base: max(1, round(base * opts.scale))  # noqa: E731 - a local scaling rule
+    if name == "shared-prefix":
+        return generated_shared_prefix(num_groups=n(8), prompts_per_group=n(16), rate=opts.rate, seed=opts.seed)
+    if name == "multi-turn":
+        return multi_turn_chat(num_sessions=n(16), turns=4, session_rate=opts.rate / 4, seed=opts.seed)
+    if name == "kv-pressure":
+        blocks = _sim_setting(opts.sim_args, "--num-blocks", 4096)
+        block_size = _sim_setting(opts.sim_args, "--block-size", 16)
+        return kv_pressure(
+            fleet_kv_tokens=opts.workers * blocks * block_size,
+            system_prompt_len=2048,
+            prompts_per_group=n(12),
+            rate=opts.rate,
+            seed=opts.seed,
+        )
+    raise ValueError(f"unknown workload {name!r}; choose from {WORKLOADS}")
+
+
+def run_one(router: RouterUnderTest, workload: Workload, opts: Options) -> dict[str, Any]:
+    """One router on one workload, in front of a fresh fleet; stops everything it started."""
+    reason = router.unavailable_reason()
+    if reason:
+        return {"router": router.label, "skipped": reason}
+    fleet = SimFleetProcess(opts.workers, opts.sim_args)
+    try:
+        proc = router.start(fleet.worker_urls)
+        try:
+            results, wall = asyncio.run(run_trace(proc.url, workload))
+        finally:
+            proc.stop(grace=5.0)
+        totals = fleet.stats()["totals"]
+    finally:
+        fleet.stop()
+    return {
+        "router": router.label,
+        "summary": summarize(results, wall),
+        "fleet": {k: totals[k] for k in ("received", "completed", "cancelled", "prompt_tokens", "cached_tokens", "evicted_blocks", "cache_hit_rate")},
+    }
+
+
+def run_comparison(opts: Options, echo: bool = True) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "meta": {**machine_info(), "workers": opts.workers, "sim_args": opts.sim_args, "rate": opts.rate, "scale": opts.scale, "seed": opts.seed},
+        "workloads": {},
+    }
+    for name in opts.workloads:
+        workload = build_workload(name, opts)
+        runs = []
+        for router in opts.routers:
+            if echo:
+                print(f"[{name}] {router.label} ({len(workload.requests)} requests) ...", flush=True)
+            runs.append(run_one(router, workload, opts))
+        result["workloads"][name] = {"description": workload.description, "runs": runs}
+        if echo:
+            print(format_table(name, runs) + "\n", flush=True)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare_routers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--routers", nargs="*", default=None, help="KIND:POLICY entries (kinds: atom, sglang-router, vllm-router).")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full", help="Router set when --routers is not given.")
+    p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=WORKLOADS)
+    p.add_argument("--workers", type=int, default=4, help="Simulated workers per fleet.")
+    p.add_argument("--rate", type=float, default=8.0, help="Poisson arrival rate (requests/s; sessions/s x4 for multi-turn).")
+    p.add_argument("--scale", type=float, default=1.0, help="Multiply request counts (e.g. 0.25 for a quick look).")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sim-args", default="--num-blocks 512", help="Extra engine_sim flags, one string (e.g. '--time-scale 0.5').")
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--no-plot", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        routers = [parse_router(r) for r in (args.routers or PRESETS[args.preset])]
+    except ValueError as exc:
+        raise SystemExit(f"compare_routers: {exc}")
+    opts = Options(
+        routers=routers,
+        workloads=args.workloads,
+        workers=args.workers,
+        sim_args=shlex.split(args.sim_args),
+        rate=args.rate,
+        scale=args.scale,
+        seed=args.seed,
+        out_dir=args.out_dir,
+        plot=not args.no_plot,
+    )
+    result = run_comparison(opts)
+    stem = "compare-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    print(f"results: {write_json(result, opts.out_dir, stem)}")
+    if opts.plot:
+        png = plot_ttft(result, opts.out_dir, stem, ("shared-prefix", "kv-pressure"))
+        if png:
+            print(f"plot: {png}")
+
+
+if __name__ == "__main__":
+    main()

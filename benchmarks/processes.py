@@ -1,0 +1,107 @@
+"""The processes a benchmark run starts: a fresh simulated fleet and the router under test.
+
+Process lifetime (own process group, log file, cleanup on exit and signals) is the tests'
+`ManagedProcess`: benchmarks run from a checkout, like the tests, and reuse it rather
+than keep a second copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.ports import free_port
+from tests.support.processes import ManagedProcess
+
+
+class SimFleetProcess:
+    """`python -m engine_sim` with an admin port; knows its worker URLs and reads its stats."""
+
+    def __init__(self, num_workers: int, sim_args: list[str], *, startup_timeout: float = 60.0) -> None:
+        admin = free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="atom-bench-fleet-")
+        fleet_file = Path(self._dir.name) / "fleet.json"
+        cmd = [
+            sys.executable, "-m", "engine_sim", "--regular", str(num_workers),
+            "--admin-port", str(admin), "--fleet-file", str(fleet_file), *sim_args,
+        ]  # fmt: skip
+        self.proc = ManagedProcess(cmd, name="engine-sim", port=admin)
+        try:
+            self.proc.wait_http_ready("/health", timeout=startup_timeout)
+            self.description = json.loads(fleet_file.read_text())
+        except BaseException:
+            self.stop()
+            raise
+        self.worker_urls: list[str] = [w["url"] for w in self.description["workers"]]
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.proc.url}/sim/stats", timeout=30) as r:
+            return json.load(r)
+
+    def stop(self) -> None:
+        self.proc.stop(grace=5.0)
+        self._dir.cleanup()
+
+
+@dataclass(frozen=True)
+class RouterUnderTest:
+    """One router configuration: which implementation and which policy."""
+
+    kind: str  # "atom" | "sglang-router" | "vllm-router"
+    policy: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.policy}"
+
+    def unavailable_reason(self) -> str | None:
+        """Why this router cannot run here (None when it can)."""
+        if self.kind == "atom":
+            return None if importlib.util.find_spec("router") else "the atom-mesh router package is not importable"
+        if self.kind == "sglang-router":
+            if importlib.util.find_spec("sglang_router") is None:
+                return "sglang-router is not installed (pip install -e .[bench])"
+            return None
+        if self.kind == "vllm-router":
+            return None if _vllm_router_binary() else "vllm-router is not installed (pip install -e .[bench])"
+        return f"unknown router kind {self.kind!r}"
+
+    def command(self, port: int, worker_urls: list[str], prometheus_port: int) -> list[str]:
+        common = ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", *worker_urls, "--policy", self.policy]
+        if self.kind == "atom":
+            return [sys.executable, "-m", "router", *common, "--log-level", "warning"]
+        # Each Rust router gets its own metrics port: the default 29000 clashes between them.
+        prom = ["--prometheus-port", str(prometheus_port), "--prometheus-host", "127.0.0.1"]
+        if self.kind == "sglang-router":
+            return [sys.executable, "-m", "sglang_router.launch_router", *common, *prom, "--log-level", "warn"]
+        return [_vllm_router_binary() or "vllm-router", *common, *prom, "--log-level", "warning"]
+
+    def start(self, worker_urls: list[str], *, startup_timeout: float = 60.0) -> ManagedProcess:
+        port = free_port()
+        proc = ManagedProcess(self.command(port, worker_urls, free_port()), name=self.label.replace(":", "-"), port=port)
+        try:
+            proc.wait_http_ready("/health", timeout=startup_timeout)
+        except BaseException:
+            proc.stop(grace=5.0)
+            raise
+        return proc
+
+
+def _vllm_router_binary() -> str | None:
+    beside = Path(sys.executable).with_name("vllm-router")
+    return str(beside) if beside.exists() else shutil.which("vllm-router")
+
+
+def parse_router(text: str) -> RouterUnderTest:
+    """`kind:policy`, e.g. `atom:cache_aware` or `sglang-router:round_robin`."""
+    kind, sep, policy = text.partition(":")
+    if not sep or not policy:
+        raise ValueError(f"router {text!r}: expected KIND:POLICY, e.g. atom:cache_aware")
+    return RouterUnderTest(kind, policy)

@@ -1,0 +1,158 @@
+"""Benchmark traces: what is sent, when (Poisson arrivals), with fixed seeds (pure, no I/O).
+
+- generated shared prefix: groups of prompts sharing a long system prompt, each with its
+  own question, shuffled (like SGLang bench_serving's `generated-shared-prefix`);
+- multi-turn chat: sessions whose every turn resends the whole conversation so far;
+- KV pressure: shared prefixes sized to fill ~70% of the fleet's KV cache, so a router that
+  scatters a group over every worker evicts what a cache-aware one keeps.
+
+Token counts are simulator tokens (one per word, see `engine_sim.tokenizer`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine_sim.tokenizer import output_words, render_chat, tokenize
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    arrival_s: float
+    path: str  # "/v1/completions" or "/v1/chat/completions"
+    body: dict[str, Any]
+    group: str  # prefix group or chat session, for per-group analysis
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    requests: list[TraceRequest]
+
+    @property
+    def duration_s(self) -> float:
+        return self.requests[-1].arrival_s if self.requests else 0.0
+
+
+def poisson_arrivals(n: int, rate: float, rng: random.Random) -> list[float]:
+    """`n` arrival times of a Poisson process with `rate` requests per second."""
+    if rate <= 0:
+        raise ValueError(f"arrival rate must be > 0 requests/s, got {rate}")
+    t, times = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        times.append(t)
+    return times
+
+
+def random_text(rng: random.Random, n_words: int) -> str:
+    return " ".join(f"w{rng.randrange(100_000)}" for _ in range(n_words))
+
+
+def generated_shared_prefix(
+    *,
+    num_groups: int = 8,
+    prompts_per_group: int = 16,
+    system_prompt_len: int = 1024,
+    question_len: int = 64,
+    output_len: int = 64,
+    rate: float = 8.0,
+    seed: int = 0,
+    model: str = "sim-model",
+    name: str = "shared-prefix",
+) -> Workload:
+    rng = random.Random(seed)
+    systems = [random_text(rng, system_prompt_len) for _ in range(num_groups)]
+    items = [(g, random_text(rng, question_len)) for g in range(num_groups) for _ in range(prompts_per_group)]
+    rng.shuffle(items)
+    arrivals = poisson_arrivals(len(items), rate, rng)
+    requests = [
+        TraceRequest(
+            arrival_s=t,
+            path="/v1/completions",
+            body={"model": model, "prompt": f"{systems[g]} {q}", "max_tokens": output_len, "ignore_eos": True},
+            group=f"g{g}",
+        )
+        for t, (g, q) in zip(arrivals, items)
+    ]
+    desc = (
+        f"{num_groups} groups x {prompts_per_group} prompts, system prompt {system_prompt_len} tokens, "
+        f"question {question_len}, output {output_len}, Poisson {rate:g} req/s, seed {seed}"
+    )
+    return Workload(name, desc, requests)
+
+
+def kv_pressure(
+    *,
+    fleet_kv_tokens: int,
+    fill: float = 0.7,
+    system_prompt_len: int = 1024,
+    prompts_per_group: int = 12,
+    question_len: int = 32,
+    output_len: int = 32,
+    rate: float = 8.0,
+    seed: int = 0,
+    model: str = "sim-model",
+) -> Workload:
+    """Shared prefixes whose total size is `fill` of the fleet's KV tokens."""
+    num_groups = max(1, round(fill * fleet_kv_tokens / system_prompt_len))
+    workload = generated_shared_prefix(
+        num_groups=num_groups,
+        prompts_per_group=prompts_per_group,
+        system_prompt_len=system_prompt_len,
+        question_len=question_len,
+        output_len=output_len,
+        rate=rate,
+        seed=seed,
+        model=model,
+        name="kv-pressure",
+    )
+    desc = f"prefixes need {fill:.0%} of the fleet's {fleet_kv_tokens} KV tokens; " + workload.description
+    return Workload(workload.name, desc, workload.requests)
+
+
+def multi_turn_chat(
+    *,
+    num_sessions: int = 16,
+    turns: int = 4,
+    system_prompt_len: int = 256,
+    user_len: int = 48,
+    output_len: int = 48,
+    session_rate: float = 2.0,
+    think_time_s: float = 2.0,
+    seed: int = 0,
+    model: str = "sim-model",
+) -> Workload:
+    """Chat sessions starting as a Poisson process; turn k follows `k * think_time_s` later.
+
+    Each turn carries the exact previous answers, computed with the simulator's
+    deterministic output function, so this trace is meant for the simulated fleet.
+    """
+    rng = random.Random(seed)
+    starts = poisson_arrivals(num_sessions, session_rate, rng)
+    requests: list[TraceRequest] = []
+    for s, start in enumerate(starts):
+        messages: list[dict[str, str]] = [{"role": "system", "content": random_text(rng, system_prompt_len)}]
+        for k in range(turns):
+            messages.append({"role": "user", "content": random_text(rng, user_len)})
+            requests.append(
+                TraceRequest(
+                    arrival_s=start + k * think_time_s,
+                    path="/v1/chat/completions",
+                    body={"model": model, "messages": list(messages), "max_tokens": output_len},
+                    group=f"s{s}",
+                    headers={"x-session-id": f"s{s}"},
+                )
+            )
+            answer = " ".join(output_words(tokenize(render_chat(messages)), output_len))
+            messages.append({"role": "assistant", "content": answer})
+    requests.sort(key=lambda r: r.arrival_s)
+    desc = (
+        f"{num_sessions} sessions x {turns} turns, system {system_prompt_len} tokens, user {user_len}, "
+        f"output {output_len}, sessions Poisson {session_rate:g}/s, think time {think_time_s:g}s, seed {seed}"
+    )
+    return Workload("multi-turn", desc, requests)
