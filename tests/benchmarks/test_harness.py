@@ -1,0 +1,60 @@
+"""The benchmark harness end to end on a tiny trace: real router processes, a real simulated fleet.
+
+Benchmarks are not timed tests: this only proves that every router under test carried the
+whole trace to the fleet and that the report files are written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks.compare_routers import Options, run_comparison
+from benchmarks.processes import parse_router
+from benchmarks.report import plot_ttft, write_json
+
+pytestmark = pytest.mark.slow
+
+ROUTERS = ["atom:round_robin", "atom:cache_aware", "sglang-router:cache_aware", "vllm-router:cache_aware"]
+
+
+def test_compare_routers_on_a_tiny_trace(tmp_path: Path):
+    routers = [parse_router(r) for r in ROUTERS]
+    opts = Options(
+        routers=routers,
+        workloads=["shared-prefix"],
+        workers=2,
+        sim_args=["--num-blocks", "512", "--time-scale", "0.1"],
+        rate=40.0,
+        scale=0.25,  # 2 groups x 4 prompts
+        out_dir=tmp_path,
+    )
+    result = run_comparison(opts, echo=False)
+    runs = result["workloads"]["shared-prefix"]["runs"]
+    assert [r["router"] for r in runs] == ROUTERS
+    for router, run in zip(routers, runs):
+        if "skipped" in run:
+            # Only a peer whose package cannot be installed may be skipped, and it says why.
+            assert router.kind != "atom" and router.unavailable_reason(), run
+            continue
+        assert run["summary"]["completed"] == run["summary"]["requests"] == 8, run
+        assert run["fleet"]["received"] == 8 and run["fleet"]["completed"] == 8
+        assert run["fleet"]["prompt_tokens"] > 0
+    assert any("skipped" not in r for r in runs[2:]), "neither Rust router ran; pip install -e .[bench]"
+    path = write_json(result, tmp_path, "tiny")
+    assert json.loads(path.read_text())["meta"]["workers"] == 2
+    png = plot_ttft(result, tmp_path, "tiny", ("shared-prefix", "kv-pressure"))
+    assert png is not None and png.stat().st_size > 0
+
+
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (apt-get install -y wrk nginx)")
+def test_router_overhead_measures_direct_and_router(tmp_path: Path):
+    from benchmarks.router_overhead import measure
+
+    rows = measure([parse_router("atom:round_robin")], duration_s=1, connections=4, threads=1)
+    assert [r["target"] for r in rows] == ["direct (nginx)", "atom:round_robin"]
+    for row in rows:
+        assert row["rps"] > 0 and row["non_2xx"] == 0, row

@@ -1,0 +1,61 @@
+"""Trace generation: seeded, shaped like the workloads it names, and consistent with the simulator."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from benchmarks.workloads import generated_shared_prefix, kv_pressure, multi_turn_chat, poisson_arrivals
+from engine_sim.config import EngineConfig, WorkerSpec
+from engine_sim.fleet import Fleet
+
+
+def test_traces_are_reproducible_and_seed_dependent():
+    a = generated_shared_prefix(num_groups=3, prompts_per_group=4, seed=1)
+    assert a == generated_shared_prefix(num_groups=3, prompts_per_group=4, seed=1)
+    assert a != generated_shared_prefix(num_groups=3, prompts_per_group=4, seed=2)
+
+
+def test_shared_prefix_groups_share_their_system_prompt():
+    w = generated_shared_prefix(num_groups=3, prompts_per_group=5, system_prompt_len=100, question_len=10)
+    assert len(w.requests) == 15
+    by_group: dict[str, set[str]] = {}
+    for r in w.requests:
+        words = r.body["prompt"].split()
+        assert len(words) == 110
+        by_group.setdefault(r.group, set()).add(" ".join(words[:100]))
+    assert len(by_group) == 3 and all(len(prefixes) == 1 for prefixes in by_group.values())
+    arrivals = [r.arrival_s for r in w.requests]
+    assert arrivals == sorted(arrivals) and arrivals[0] > 0
+
+
+def test_poisson_arrivals_have_the_requested_mean_rate():
+    import random
+
+    times = poisson_arrivals(4000, 10.0, random.Random(0))
+    assert 9.5 < len(times) / times[-1] < 10.5
+
+
+def test_kv_pressure_prefixes_fill_seventy_percent_of_the_fleet():
+    w = kv_pressure(fleet_kv_tokens=4 * 512 * 16, system_prompt_len=2048, prompts_per_group=2)
+    groups = {r.group for r in w.requests}
+    assert len(groups) * 2048 / (4 * 512 * 16) == 0.6875  # 11 groups: the closest to 70%
+    assert "70%" in w.description
+
+
+async def test_multi_turn_resends_the_exact_previous_answers():
+    w = multi_turn_chat(num_sessions=2, turns=3, system_prompt_len=20, user_len=5, output_len=6)
+    session = sorted((r for r in w.requests if r.group == "s0"), key=lambda r: r.arrival_s)
+    assert [len(r.body["messages"]) for r in session] == [2, 4, 6]
+    assert all(r.headers == {"x-session-id": "s0"} for r in session)
+    fleet = Fleet([WorkerSpec()], EngineConfig(time_scale=0.1))
+    await fleet.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for turn, follow_up in zip(session, session[1:]):
+                async with http.post(fleet.workers[0].url + turn.path, json=turn.body) as resp:
+                    answer = (await resp.json())["choices"][0]["message"]["content"]
+                assert follow_up.body["messages"][len(turn.body["messages"])] == {"role": "assistant", "content": answer}
+        # The later turns found the earlier conversation in the prefix cache.
+        assert fleet.workers[0].snapshot()["cached_tokens"] > 0
+    finally:
+        await fleet.stop()
