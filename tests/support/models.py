@@ -194,6 +194,7 @@ def _build(kind: str, spec: ModelSpec, out: Path) -> None:
     import torch
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # keep demo and test output readable
     tok = _train_tokenizer(out)
     config_cls = getattr(transformers, spec.config_class)
     config = config_cls(
