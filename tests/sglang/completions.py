@@ -1,0 +1,72 @@
+"""Greedy OpenAI completions against any server, reduced to what P/D must preserve.
+
+A result is the generated token ids, their logprobs and the text, for stream and
+non-stream alike, so a P/D answer can be compared with a co-located one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+MAX_TOKENS = 12
+
+
+@dataclass(frozen=True)
+class Generation:
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    text: str
+
+
+def _choice_parts(choice: dict) -> tuple[list[int], list[float], str]:
+    return list(choice.get("token_ids") or []), list(choice["logprobs"]["token_logprobs"]), choice["text"]
+
+
+def complete(base_url: str, model: str, prompt: str, *, stream: bool = False, timeout: float = 300) -> Generation:
+    """POST /v1/completions (temperature 0, logprobs, token ids); raises on a non-200 answer."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "logprobs": 1,
+        "return_token_ids": True,
+        "stream": stream,
+    }
+    ids: list[int] = []
+    logprobs: list[float] = []
+    text = ""
+    with httpx.Client(timeout=timeout) as client:
+        if not stream:
+            resp = client.post(f"{base_url}/v1/completions", json=body)
+            assert resp.status_code == 200, resp.text
+            ids, logprobs, text = _choice_parts(resp.json()["choices"][0])
+        else:
+            with client.stream("POST", f"{base_url}/v1/completions", json=body) as resp:
+                assert resp.status_code == 200, resp.read().decode()
+                done = False
+                for line in resp.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        done = True
+                        break
+                    choices = json.loads(line[len("data: ") :])["choices"]
+                    if choices:
+                        i, lp, t = _choice_parts(choices[0])
+                        ids += i
+                        logprobs += lp
+                        text += t
+                assert done, "stream ended without [DONE]"
+    assert len(logprobs) == MAX_TOKENS, f"expected {MAX_TOKENS} tokens, got {len(logprobs)}"
+    return Generation(tuple(ids), tuple(logprobs), text)
+
+
+def assert_same_generation(got: Generation, want: Generation, what: str) -> None:
+    assert got.token_ids == want.token_ids, f"{what}: token ids differ"
+    assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4), f"{what}: logprobs differ"
+    assert got.text == want.text, f"{what}: text differs"
