@@ -16,7 +16,7 @@ import pytest
 
 from tests.faults.harness import Router, SimFleet, body, launch_router, run_requests, start_fleet
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")
