@@ -21,3 +21,6 @@ def register() -> None:
     from sglang_atom.transfer_backend_registration import register_transfer_backend
 
     register_transfer_backend()
+    from sglang_atom.model_impl_registration import register_model_impl
+
+    register_model_impl()
