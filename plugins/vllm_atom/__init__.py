@@ -18,4 +18,10 @@ def register() -> None:
     if _registered:
         return
     _registered = True
+    from vllm_atom.kv_connector_registration import register_kv_connector
+
+    register_kv_connector()
+    from vllm_atom.model_registration import register_models
+
+    register_models()
     logger.info("atom-mesh vLLM plugin loaded")
