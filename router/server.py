@@ -1,7 +1,8 @@
 """Serve the router with uvicorn (uvloop + httptools, access log off, optional TLS).
 
 With `--prometheus-port`, metrics are also served on a listener of their own, in the
-same event loop, so scrapers need not reach the inference port.
+same event loop, so scrapers need not reach the inference port. That listener is plain
+HTTP (as Prometheus scrapes by default); TLS covers the API port.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from router.config import RouterConfig
 from router.logging_setup import configure_logging
 
 
-def _uvicorn_config(app: Starlette, config: RouterConfig, host: str, port: int, *, lifespan: str) -> uvicorn.Config:
+def _uvicorn_config(
+    app: Starlette, config: RouterConfig, host: str, port: int, *, lifespan: str, tls: bool = True
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -27,8 +30,8 @@ def _uvicorn_config(app: Starlette, config: RouterConfig, host: str, port: int, 
         access_log=False,
         log_level=config.log_level,
         lifespan=lifespan,
-        ssl_certfile=config.tls_cert_path,
-        ssl_keyfile=config.tls_key_path,
+        ssl_certfile=config.tls_cert_path if tls else None,
+        ssl_keyfile=config.tls_key_path if tls else None,
         timeout_keep_alive=75,
     )
 
@@ -41,7 +44,7 @@ async def _serve(config: RouterConfig) -> None:
         return
     metrics_app = Starlette(routes=[Route("/metrics", app.state.service.metrics_endpoint)])
     host = config.prometheus_host or config.host
-    metrics = uvicorn.Server(_uvicorn_config(metrics_app, config, host, config.prometheus_port, lifespan="off"))
+    metrics = uvicorn.Server(_uvicorn_config(metrics_app, config, host, config.prometheus_port, lifespan="off", tls=False))
     # Each uvicorn server installs SIGINT/SIGTERM handlers; the main server's must be the
     # last installed so a signal stops it, and it then stops the metrics listener.
     metrics_task = asyncio.create_task(metrics.serve())

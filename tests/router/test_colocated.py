@@ -7,7 +7,7 @@ import asyncio
 import orjson
 
 from tests.router.harness import loads_are_zero, make_config, regular, running_router
-from tests.support.recording_upstream import json_reply, sse_reply, stream_events, text_reply, upstreams
+from tests.support.recording_upstream import sse_reply, stream_events, upstreams
 
 
 async def test_non_stream_forwards_raw_bytes_and_names_worker() -> None:

@@ -207,3 +207,17 @@ async def test_upstream_gets_request_id_and_generated_when_absent() -> None:
         assert w1.requests()[0].headers["x-request-id"] == rid
 
 
+
+
+def test_backoff_grows_exponentially_within_jitter_and_cap() -> None:
+    from router.config import RetryConfig
+    from router.dispatch import Dispatcher
+    from router.metrics import RouterMetrics
+
+    config = make_config(
+        workers=[], retry=RetryConfig(initial_backoff_ms=100, backoff_multiplier=2.0, max_backoff_ms=500, jitter_factor=0.2)
+    )
+    dispatcher = Dispatcher(None, lambda d: None, config, RouterMetrics())  # type: ignore[arg-type]
+    for retry, base in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.5), (9, 0.5)]:
+        for _ in range(20):
+            assert base * 0.8 <= dispatcher.backoff_secs(retry) <= base * 1.2

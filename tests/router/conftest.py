@@ -1,0 +1,59 @@
+"""Fixtures for the router's real-engine tests: prompts and the co-located reference.
+
+The reference engine runs only while its answers are collected, then stops, so the P/D
+pairs that follow (one test module each, run one after the other) never share the
+machine with it.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from tests.router.engine_cases import CASES, Answer, Case, ask, build_prompts
+from tests.support.router_process import start_router
+from tests.support.vllm_engine import start_vllm
+
+
+def _settled_metrics(url: str, expected_requests: int) -> str:
+    """The router's /metrics once every request was counted (a request is counted just
+    after its last byte went out, so a scrape right after the answer can miss it)."""
+    for _ in range(100):
+        with urllib.request.urlopen(url + "/metrics") as resp:
+            text = resp.read().decode()
+        counted = sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("atom_mesh_requests_total{")
+        )
+        if counted >= expected_requests:
+            return text
+        time.sleep(0.05)
+    return text
+
+
+@pytest.fixture(scope="session")
+def pd_prompts(tiny_llama: Path) -> dict[str, str]:
+    return build_prompts(tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def reference_answers(tiny_llama: Path, pd_prompts: dict[str, str]) -> dict[str, dict[Case, Answer]]:
+    """Answers of one plain co-located vLLM engine, asked directly ("direct") and through
+    the router with the openai backend ("router")."""
+    engine = start_vllm(tiny_llama, name="vllm-reference")
+    try:
+        model = str(tiny_llama)
+        direct = {case: ask(OpenAI(base_url=engine.url + "/v1", api_key="none"), model, case, pd_prompts) for case in CASES}
+        router = start_router("--worker-urls", engine.url, "--policy", "round_robin")
+        try:
+            client = OpenAI(base_url=router.url + "/v1", api_key="none")
+            via_router = {case: ask(client, model, case, pd_prompts) for case in CASES}
+            metrics = _settled_metrics(router.url, expected_requests=len(CASES))
+        finally:
+            router.stop()
+    finally:
+        engine.stop()
+    return {"direct": direct, "router": via_router, "router_metrics": metrics}  # type: ignore[dict-item]

@@ -1,0 +1,22 @@
+"""A real co-located vLLM CPU engine behind the router (openai backend): same answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.router.engine_cases import CASES, Case, assert_same
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_router_answers_like_the_engine(case: Case, reference_answers) -> None:
+    assert_same(reference_answers["router"][case], reference_answers["direct"][case])
+
+
+def test_router_metrics_saw_the_traffic(reference_answers) -> None:
+    metrics = reference_answers["router_metrics"]
+    # 6 chat + 6 completions requests, all 200; streams recorded a time to first token
+    assert 'route="/v1/chat/completions",status="200"} 6.0' in metrics
+    assert 'route="/v1/completions",status="200"} 6.0' in metrics
+    assert 'atom_mesh_time_to_first_token_seconds_count{route="/v1/completions"} 3.0' in metrics
