@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="sim-model", help="Model name the workers serve.")
     g.add_argument("--seed", type=int, default=0, help="Seed of the fault draws.")
     g.add_argument("--fleet-file", default=None, help="Write the fleet description (JSON) here once ready.")
+    g.add_argument(
+        "--kv-events",
+        action="store_true",
+        help="Publish vLLM-format KV cache events over ZMQ (endpoints in the fleet description; needs pyzmq, msgspec).",
+    )
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     _add_dataclass_flags(p.add_argument_group("Timing and KV cache model"), EngineConfig, EngineConfig())
     _add_dataclass_flags(p.add_argument_group("Faults (every worker; change per worker with POST /sim/faults)"), FaultConfig, FaultConfig())
@@ -152,6 +157,7 @@ async def serve(args: argparse.Namespace) -> None:
         host=args.host,
         admin_port=args.admin_port,
         seed=args.seed,
+        kv_events=args.kv_events,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

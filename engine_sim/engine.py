@@ -10,17 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from engine_sim.config import EngineConfig
+from engine_sim.kv_cache import BlockRemoved, BlockStored
 from engine_sim.scheduler import EngineCore, SimRequest, TokenEvent
+
+CacheEventSink = Callable[[list[BlockStored | BlockRemoved]], None]
 
 logger = logging.getLogger("atom_mesh.engine_sim")
 
 
 class AsyncEngine:
-    def __init__(self, cfg: EngineConfig) -> None:
-        self.core = EngineCore(cfg)
+    def __init__(self, cfg: EngineConfig, cache_events: CacheEventSink | None = None) -> None:
+        self.core = EngineCore(cfg, record_events=cache_events is not None)
+        # Receives each step's cache changes (the KV-event publisher), when enabled.
+        self._cache_events = cache_events
         self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -74,3 +79,7 @@ class AsyncEngine:
                 queue = self._queues.get(event.request_id)
                 if queue is not None:
                     queue.put_nowait(event)
+            if self._cache_events is not None:
+                changes = self.core.cache.drain_events()
+                if changes:
+                    self._cache_events(changes)

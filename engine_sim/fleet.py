@@ -57,12 +57,23 @@ class Fleet:
         host: str = "127.0.0.1",
         admin_port: int | None = None,
         seed: int = 0,
+        kv_events: bool = False,
     ) -> None:
         self.cfg = cfg or EngineConfig()
         self.hub = TransferHub()
         self.host = host
         self.workers = [
-            SimWorker(i, spec, self.cfg, model=model, hub=self.hub, bootstrap_owner=self._bootstrap_owner, host=host, seed=seed)
+            SimWorker(
+                i,
+                spec,
+                self.cfg,
+                model=model,
+                hub=self.hub,
+                bootstrap_owner=self._bootstrap_owner,
+                host=host,
+                seed=seed,
+                kv_events=kv_events,
+            )
             for i, spec in enumerate(specs)
         ]
         self.admin_port = admin_port

@@ -28,6 +28,22 @@ def block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
     return hashes
 
 
+@dataclass(frozen=True)
+class BlockStored:
+    """Blocks that became cached (vLLM's `BlockStored` KV event, before encoding)."""
+
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class BlockRemoved:
+    """Cached blocks that were evicted (vLLM's `BlockRemoved`)."""
+
+    block_hashes: list[int]
+
+
 @dataclass
 class Allocation:
     """The blocks one request holds; the first `num_cached_blocks` were prefix-cache hits."""
@@ -37,7 +53,7 @@ class Allocation:
 
 
 class PrefixCache:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self._ref = [0] * num_blocks
@@ -46,6 +62,9 @@ class PrefixCache:
         # Unreferenced blocks, least recently used first (cached or empty alike).
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.evictions = 0
+        # Cache changes since the last `drain_events()`, kept only when someone publishes them.
+        self._record_events = record_events
+        self._events: list[BlockStored | BlockRemoved] = []
 
     @property
     def num_free(self) -> int:
@@ -93,19 +112,35 @@ class PrefixCache:
                 del self._by_hash[old]
                 self._hash_of[b] = None
                 self.evictions += 1
+                if self._record_events:
+                    self._events.append(BlockRemoved([old]))
             self._ref[b] = 1
             fresh.append(b)
         return Allocation(block_ids=hits + fresh, num_cached_blocks=len(hits))
 
-    def commit(self, allocation: Allocation, hashes: Sequence[int]) -> None:
+    def commit(self, allocation: Allocation, hashes: Sequence[int], token_ids: Sequence[int] = ()) -> None:
         """Record that the allocation's first `len(hashes)` blocks now hold those prefixes.
 
-        A prefix another request cached meanwhile keeps its first block (like vLLM).
+        `token_ids` are the tokens the hashes cover (only used for KV events). A prefix
+        another request cached meanwhile keeps its first block (like vLLM).
         """
-        for block, h in zip(allocation.block_ids, hashes):
+        stored: list[int] = []
+        first = 0
+        for i, (block, h) in enumerate(zip(allocation.block_ids, hashes)):
             if self._hash_of[block] is None and h not in self._by_hash:
                 self._hash_of[block] = h
                 self._by_hash[h] = block
+                if not stored:
+                    first = i
+                stored.append(h)
+        if self._record_events and stored:
+            bs = self.block_size
+            parent = hashes[first - 1] if first > 0 else None
+            self._events.append(BlockStored(stored, parent, list(token_ids[first * bs : (first + len(stored)) * bs])))
+
+    def drain_events(self) -> list[BlockStored | BlockRemoved]:
+        events, self._events = self._events, []
+        return events
 
     def free(self, allocation: Allocation) -> None:
         """Drop a request's references; unreferenced blocks join the LRU tail, tail-first."""

@@ -77,9 +77,9 @@ class CoreStats:
 
 
 class EngineCore:
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineConfig, record_events: bool = False) -> None:
         self.cfg = cfg
-        self.cache = PrefixCache(cfg.num_blocks, cfg.block_size)
+        self.cache = PrefixCache(cfg.num_blocks, cfg.block_size, record_events)
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.stats = CoreStats()
@@ -172,7 +172,7 @@ class EngineCore:
             request.num_computed += chunk
             if request.prefilled:
                 assert request.allocation is not None
-                self.cache.commit(request.allocation, request.prompt_hashes)
+                self.cache.commit(request.allocation, request.prompt_hashes, request.prompt_ids)
                 events.append(self._emit(request))
         for request in plan.decode:
             if request.request_id in self._by_id:
@@ -197,7 +197,7 @@ class EngineCore:
         request.num_cached_tokens = allocation.num_cached_blocks * self.cfg.block_size
         if request.remote_prefilled:
             request.num_computed = request.prompt_len
-            self.cache.commit(allocation, request.prompt_hashes)
+            self.cache.commit(allocation, request.prompt_hashes, request.prompt_ids)
             self.stats.remote_prefill_tokens += request.prompt_len
         else:
             request.num_computed = request.num_cached_tokens
@@ -219,7 +219,7 @@ class EngineCore:
         assert request.allocation is not None
         # The last token's KV is never written: it was sampled, not fed back.
         context = request.prompt_ids + request.output_ids[: request.num_generated - 1]
-        self.cache.commit(request.allocation, block_hashes(context, self.cfg.block_size))
+        self.cache.commit(request.allocation, block_hashes(context, self.cfg.block_size), context)
         self.cache.free(request.allocation)
         self.running.remove(request)
         del self._by_id[request.request_id]

@@ -69,6 +69,7 @@ class SimWorker:
         bootstrap_owner: Callable[[str], str | None],
         host: str = "127.0.0.1",
         seed: int = 0,
+        kv_events: bool = False,
     ) -> None:
         self.index = index
         self.spec = spec
@@ -77,7 +78,9 @@ class SimWorker:
         self.host = host
         self.faults = spec.faults
         self.stats = WorkerStats()
-        self.engine = AsyncEngine(cfg)
+        self.engine = AsyncEngine(cfg, cache_events=self._publish_cache_events if kv_events else None)
+        self._kv_events = kv_events
+        self._publisher: Any = None  # engine_sim.kv_events.KVEventPublisher, once started
         self._hub = hub
         self._bootstrap_owner = bootstrap_owner
         self._rng = random.Random(seed * 1_000_003 + index)
@@ -104,6 +107,10 @@ class SimWorker:
         await self._runner.setup()
         await self._listen()
         self.engine_id = f"sim-{self.index}-{self.port}"
+        if self._kv_events:
+            from engine_sim.kv_events import KVEventPublisher  # needs pyzmq + msgspec
+
+            self._publisher = KVEventPublisher(self.host, self.cfg.block_size)
         if self.spec.needs_bootstrap:
             self._bootstrap_runner = web.AppRunner(self._bootstrap_app(), access_log=None, shutdown_timeout=1.0)
             await self._bootstrap_runner.setup()
@@ -142,6 +149,12 @@ class SimWorker:
             if runner is not None:
                 await runner.cleanup()
         await self.engine.stop()
+        if self._publisher is not None:
+            await self._publisher.close()
+
+    def _publish_cache_events(self, changes: list[Any]) -> None:
+        if self._publisher is not None:
+            self._publisher.publish(changes)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -153,6 +166,8 @@ class SimWorker:
             "engine_id": self.engine_id,
             "bootstrap_port": self.bootstrap_port,
             "model": self.model,
+            "kv_events_endpoint": self._publisher.endpoint if self._publisher else None,
+            "kv_events_replay_endpoint": self._publisher.replay_endpoint if self._publisher else None,
         }
 
     def snapshot(self) -> dict[str, Any]:
