@@ -17,12 +17,12 @@ import pytest
 
 from tests.support.models import build_tiny_model
 from tests.support.processes import (
-    ManagedProcess,
     live_processes,
     processes_in_session,
     started_sessions,
     stop_all,
 )
+from tests.support.shared_engine import SharedEngine
 from tests.support.vllm_engine import start_vllm
 
 
@@ -32,18 +32,35 @@ def tiny_llama() -> Path:
     return build_tiny_model("llama")
 
 
+_shared_engines: dict[str, SharedEngine] = {}
+
+
 @pytest.fixture(scope="session")
-def vllm_colocated(tiny_llama: Path) -> Iterator[ManagedProcess]:
+def vllm_colocated(tiny_llama: Path) -> Iterator[SharedEngine]:
     """One plain vLLM CPU engine (no connector): the reference several tests compare with.
 
-    Its model name is the model directory (`str(tiny_llama)`). Do not reconfigure or
-    overload it: other tests share it.
+    Behaves like a `ManagedProcess` (`.url`, `.log_text()` ...). Its model name is the
+    model directory (`str(tiny_llama)`). Do not reconfigure or overload it: other tests
+    share it. It runs only while modules that use it run (see `pytest_runtest_teardown`).
     """
-    proc = start_vllm(tiny_llama, name="vllm-colocated")
+    engine = SharedEngine(lambda: start_vllm(tiny_llama, name="vllm-colocated"))
+    _shared_engines["vllm_colocated"] = engine
     try:
-        yield proc
+        yield engine
     finally:
-        proc.stop()
+        engine.release()
+        del _shared_engines["vllm_colocated"]
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop shared engines when the next test is in another module and does not ask for
+    them, so an idle reference engine never runs beside the engines later tests start.
+    A later user (even one using `request.getfixturevalue`) restarts it on first use."""
+    if nextitem is not None and getattr(nextitem, "module", None) is getattr(item, "module", None):
+        return
+    for name, engine in _shared_engines.items():
+        if nextitem is None or name not in getattr(nextitem, "fixturenames", ()):
+            engine.release()
 
 
 # --- leftover-process check -------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 from tests.support.models import build_tiny_model
 from tests.support.ports import free_port
 from tests.support.processes import EngineStartError, ManagedProcess, processes_in_session
+from tests.support.shared_engine import SharedEngine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,3 +186,27 @@ def test_ctrl_c_stops_managed_processes(tmp_path: Path) -> None:
         prog.wait()
     assert "interrupted" in rest
     assert processes_in_session(pgid) == []
+
+
+def test_shared_engine_starts_lazily_and_restarts_after_release() -> None:
+    started: list[ManagedProcess] = []
+
+    def start() -> ManagedProcess:
+        port = free_port()
+        proc = ManagedProcess(_http_server(port), name="shared", port=port)
+        proc.wait_http_ready("/", timeout=60)
+        started.append(proc)
+        return proc
+
+    engine = SharedEngine(start)
+    try:
+        assert not engine.running and started == []
+        first_url = engine.url
+        assert engine.running and len(started) == 1
+        assert engine.url == first_url  # no restart while running
+        engine.release()
+        assert not engine.running and started[0].poll() is not None
+        assert engine.port != started[0].port  # a fresh process on first use after release
+        assert engine.starts == 2
+    finally:
+        engine.release()

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ManagedProcess
+from tests.support.shared_engine import SharedEngine
 
 pytestmark = pytest.mark.engine
 
 PLUGIN_LINE = "atom-mesh vLLM plugin loaded"
 
 
-def test_vllm_logs_that_the_plugin_loaded(vllm_colocated: ManagedProcess) -> None:
+def test_vllm_logs_that_the_plugin_loaded(vllm_colocated: SharedEngine) -> None:
     log = vllm_colocated.log_text()
     assert PLUGIN_LINE in log, (
         f"vLLM's log has no {PLUGIN_LINE!r}: either the atom_mesh entry point did not run, or "
@@ -32,7 +32,7 @@ def test_vllm_logs_that_the_plugin_loaded(vllm_colocated: ManagedProcess) -> Non
     assert "Failed to load plugin" not in log
 
 
-def test_engine_with_plugin_serves_the_tiny_model(vllm_colocated: ManagedProcess, tiny_llama: Path) -> None:
+def test_engine_with_plugin_serves_the_tiny_model(vllm_colocated: SharedEngine, tiny_llama: Path) -> None:
     """The plugin must not disturb serving: a greedy completion runs to its token limit."""
     body = {"model": str(tiny_llama), "prompt": "Hello world", "max_tokens": 4, "temperature": 0}
     req = urllib.request.Request(
