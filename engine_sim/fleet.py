@@ -87,7 +87,7 @@ class Fleet:
             await self._admin_runner.setup()
             site = web.TCPSite(self._admin_runner, self.host, self.admin_port, reuse_address=True)
             await site.start()
-            self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.admin_port = self._admin_runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self._admin_runner is not None:

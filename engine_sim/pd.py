@@ -35,7 +35,9 @@ class LegPlan:
     remote_prefilled: bool = False
     # Builds P's answer `kv_transfer_params` from its engine request id (vLLM serial only).
     answer_params: bool = False
-    # Bootstrap address a vllm-mooncake decode leg names; the fleet checks it belongs to the engine.
+    # A vllm-mooncake decode leg names the prefill engine and its bootstrap address; the
+    # worker checks that they belong together (a router must take both from `/query`).
+    remote_engine_id: str | None = None
     remote_bootstrap_addr: str | None = None
 
 
@@ -77,6 +79,7 @@ def plan_leg(role: str, protocol: str, req: ParsedRequest, me: WorkerIdentity, e
         req.max_tokens,
         wait_key=key,
         remote_prefilled=True,
+        remote_engine_id=str(kv["remote_engine_id"]),
         remote_bootstrap_addr=str(kv["remote_bootstrap_addr"]),
     )
 

@@ -116,7 +116,7 @@ class SimWorker:
             await self._bootstrap_runner.setup()
             site = web.TCPSite(self._bootstrap_runner, self.host, self.bootstrap_port or 0, reuse_address=True)
             await site.start()
-            self.bootstrap_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.bootstrap_port = self._bootstrap_runner.addresses[0][1]
 
     async def _listen(self) -> None:
         assert self._runner is not None
@@ -285,13 +285,11 @@ class SimWorker:
     def _check_bootstrap_addr(self, leg: LegPlan) -> None:
         if leg.remote_bootstrap_addr is None:
             return
-        owner = self._bootstrap_owner(leg.remote_bootstrap_addr)
-        engine_id = leg.wait_key[1]  # type: ignore[index]
-        if owner != engine_id:
+        if self._bootstrap_owner(leg.remote_bootstrap_addr) != leg.remote_engine_id:
             raise RequestError(
                 400,
                 f"remote_bootstrap_addr {leg.remote_bootstrap_addr} is not the bootstrap server of engine "
-                f"{engine_id}; take both from the prefill worker's GET /query",
+                f"{leg.remote_engine_id}; take both from the prefill worker's GET /query",
                 "kv_transfer_params",
             )
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import msgspec
 import pytest
-import zmq
-import zmq.asyncio
 
-from engine_sim.config import EngineConfig, WorkerSpec
-from engine_sim.kv_cache import block_hashes
-from engine_sim.kv_events import END_SEQ
-from engine_sim.tokenizer import tokenize
-from tests.engine_sim.conftest import running_fleet
+msgspec = pytest.importorskip("msgspec", reason="KV events need msgspec (the vllm extra)")
+zmq = pytest.importorskip("zmq", reason="KV events need pyzmq (the vllm extra)")
+import zmq.asyncio  # noqa: E402
+
+from engine_sim.config import EngineConfig, WorkerSpec  # noqa: E402
+from engine_sim.kv_cache import block_hashes  # noqa: E402
+from engine_sim.kv_events import END_SEQ  # noqa: E402
+from engine_sim.tokenizer import tokenize  # noqa: E402
+from tests.engine_sim.conftest import running_fleet  # noqa: E402
 
 U64 = (1 << 64) - 1
 CFG = EngineConfig(time_scale=0.1, num_blocks=8)  # 128 tokens: a few prompts evict
