@@ -1,7 +1,7 @@
 """Session-wide fixtures and the no-leftover-process check.
 
 Engines are expensive on a 2-core CI machine, so the ones several test files use are
-session-scoped and started once. A test file that needs its own engine configuration
+shared by the session, and run only while modules that use them run. A test file that needs its own engine configuration
 (a P/D pair, a connector) starts it in a module- or session-scoped fixture of its own
 via `tests.support.vllm_engine.start_vllm` and stops it in teardown.
 """
@@ -16,12 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.models import build_tiny_model
-from tests.support.processes import (
-    live_processes,
-    processes_in_session,
-    started_sessions,
-    stop_all,
-)
+from tests.support.processes import cmdline, leftover_processes, live_processes, processes_in_session, stop_all
 from tests.support.shared_engine import SharedEngine
 from tests.support.vllm_engine import start_vllm
 
@@ -65,60 +60,17 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 # --- leftover-process check -------------------------------------------------------------
 
-# Python's multiprocessing helpers (started by torch/vLLM imports inside pytest itself)
-# live until the interpreter exits by design; they are not leaks of a test.
-_BENIGN_CMDLINES = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, session) of `pid`, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[3])
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
-
-
-def _leftover_pids() -> set[int]:
-    """Live descendants of this process plus anything alive in a session we started."""
-    me = os.getpid()
-    stats = {int(e): s for e in os.listdir("/proc") if e.isdigit() and (s := _proc_stat(int(e)))}
-    children: dict[int, list[int]] = {}
-    for pid, (_, ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    stack = list(children.get(me, []))
-    while stack:
-        pid = stack.pop()
-        found.add(pid)
-        stack.extend(children.get(pid, []))
-    for sid in started_sessions():
-        found.update(processes_in_session(sid))
-    return {
-        pid
-        for pid in found
-        if pid in stats and stats[pid][0] != "Z" and not any(b in _cmdline(pid) for b in _BENIGN_CMDLINES)
-    }
-
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run loudly if a test left a process behind (then kill it)."""
     leaked_managed = [p for p in live_processes() if p.poll() is None or processes_in_session(p.pgid)]
     stop_all()
-    leftovers = _leftover_pids()
+    leftovers = leftover_processes(os.getpid())
     if not leaked_managed and not leftovers:
         return
     lines = ["LEFTOVER PROCESSES after the test session (a test or fixture did not stop them):"]
     lines += [f"  managed process never stopped: {p!r} (log {p.log_path})" for p in leaked_managed]
-    lines += [f"  pid {pid}: {_cmdline(pid)[:200]}" for pid in sorted(leftovers)]
+    lines += [f"  pid {pid}: {cmdline(pid)[:200]}" for pid in sorted(leftovers)]
     for pid in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)

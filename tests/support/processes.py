@@ -201,13 +201,13 @@ def processes_in_session(sid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        stat = _read_stat(int(entry))
+        stat = read_stat(int(entry))
         if stat is not None and stat[3] == sid and stat[0] != "Z":
             found.append(int(entry))
     return found
 
 
-def _read_stat(pid: int) -> tuple[str, int, int, int] | None:
+def read_stat(pid: int) -> tuple[str, int, int, int] | None:
     """(state, ppid, pgrp, session) of `pid`, or None if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -215,6 +215,41 @@ def _read_stat(pid: int) -> tuple[str, int, int, int] | None:
         return None
     fields = raw[raw.rindex(")") + 2 :].split()  # the command name may contain spaces
     return fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def cmdline(pid: int) -> str:
+    """The command line of `pid` ('?' if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+# Python's multiprocessing helpers (started by torch/vLLM imports inside pytest itself)
+# live until the interpreter exits by design; they are not leaks of a test.
+_BENIGN_CMDLINES = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def leftover_processes(root: int) -> set[int]:
+    """Live processes that `root` is responsible for: its descendants, plus anything alive
+    in a session a `ManagedProcess` started (orphans re-parented away from `root`)."""
+    stats = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := read_stat(int(e)))}
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        found.add(pid)
+        stack.extend(children.get(pid, []))
+    for sid in started_sessions():
+        found.update(processes_in_session(sid))
+    return {
+        pid
+        for pid in found
+        if pid in stats and stats[pid][0] != "Z" and not any(b in cmdline(pid) for b in _BENIGN_CMDLINES)
+    }
 
 
 def live_processes() -> list[ManagedProcess]:
