@@ -1,0 +1,58 @@
+"""Worker lifecycle against a real vLLM CPU engine: registration discovers the served
+model, draining under load loses no in-flight request, and the admin API brings the
+worker back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.faults.harness import launch_router, run_requests
+from tests.support.processes import ManagedProcess
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_drain_real_vllm_under_load(vllm_colocated: ManagedProcess, tiny_llama: Path):
+    model = str(tiny_llama)
+    router = launch_router("--worker-urls", vllm_colocated.url, "--worker-startup-check-interval", "0.5", request_timeout=120)
+    try:
+        router.wait_all_ready()
+        (w,) = router.workers()
+        assert w["models"] == [model] and w["state"] == "ready"  # discovered from vLLM's /v1/models
+
+        # ignore_eos: a random-weight model may stop at once; these streams must last.
+        payloads = [
+            {"model": model, "prompt": f"story {i}", "max_tokens": 300, "ignore_eos": True, "stream": True, "temperature": 0}
+            for i in range(4)
+        ]
+
+        async def scenario():
+            load = asyncio.ensure_future(run_requests(router, payloads, concurrency=4))
+            for _ in range(600):  # bounded: until the requests are in flight on the engine
+                if router.workers()[0]["in_flight_requests"] >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the streams never ran concurrently on the engine")
+            r = router.admin("POST", f"/workers/{w['id']}/drain")
+            assert r.status_code == 202 and r.json()["in_flight_requests"] >= 1, r.text
+            return await load
+
+        tally = asyncio.run(scenario())
+        assert tally.counts()["ok"] == 4, tally.outcomes  # every in-flight stream finished
+        router.wait_for("drained worker removed", lambda: router.workers() == [])
+
+        resp = httpx.post(f"{router.url}/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 2}, timeout=30)
+        assert resp.status_code == 503 and resp.json()["error"]["message"], resp.text  # a clear error, no hang
+
+        r = router.admin("POST", "/workers", json={"url": vllm_colocated.url, "wait": True})
+        assert r.status_code == 201 and r.json()["state"] == "ready", r.text
+        resp = httpx.post(f"{router.url}/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 2}, timeout=60)
+        assert resp.status_code == 200 and resp.json()["choices"], resp.text
+        router.wait_idle()
+    finally:
+        router.stop()
