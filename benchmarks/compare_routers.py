@@ -49,6 +49,8 @@ class Options:
     seed: int = 0
     out_dir: Path = RESULTS_DIR
     plot: bool = True
+    # None: co-located workers; else half prefill, half decode speaking this P/D protocol.
+    pd_protocol: str | None = None
 
 
 def _sim_setting(sim_args: list[str], flag: str, default: int) -> int:
@@ -78,12 +80,12 @@ def build_workload(name: str, opts: Options) -> Workload:
 
 def run_one(router: RouterUnderTest, workload: Workload, opts: Options) -> dict[str, Any]:
     """One router on one workload, in front of a fresh fleet; stops everything it started."""
-    reason = router.unavailable_reason()
+    reason = router.unavailable_reason(opts.pd_protocol)
     if reason:
         return {"router": router.label, "skipped": reason}
-    fleet = SimFleetProcess(opts.workers, opts.sim_args)
+    fleet = SimFleetProcess(opts.workers, opts.sim_args, pd_protocol=opts.pd_protocol)
     try:
-        proc = router.start(fleet.worker_urls)
+        proc = router.start(fleet)
         try:
             results, wall = asyncio.run(run_trace(proc.url, workload))
         finally:
@@ -94,13 +96,24 @@ def run_one(router: RouterUnderTest, workload: Workload, opts: Options) -> dict[
     return {
         "router": router.label,
         "summary": summarize(results, wall),
-        "fleet": {k: totals[k] for k in ("received", "completed", "cancelled", "prompt_tokens", "cached_tokens", "evicted_blocks", "cache_hit_rate")},
+        "fleet": {
+            k: totals[k]
+            for k in ("received", "completed", "cancelled", "rejected", "kv_failures", "prefill_legs", "decode_legs", "prompt_tokens", "cached_tokens", "evicted_blocks", "cache_hit_rate")
+        },
     }
 
 
 def run_comparison(opts: Options, echo: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {
-        "meta": {**machine_info(), "workers": opts.workers, "sim_args": opts.sim_args, "rate": opts.rate, "scale": opts.scale, "seed": opts.seed},
+        "meta": {
+            **machine_info(),
+            "workers": opts.workers,
+            "pd_protocol": opts.pd_protocol,
+            "sim_args": opts.sim_args,
+            "rate": opts.rate,
+            "scale": opts.scale,
+            "seed": opts.seed,
+        },
         "workloads": {},
     }
     for name in opts.workloads:
@@ -126,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="Multiply request counts (e.g. 0.25 for a quick look).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sim-args", default="--num-blocks 512", help="Extra engine_sim flags, one string (e.g. '--time-scale 0.5').")
+    p.add_argument(
+        "--pd",
+        choices=("vllm", "vllm-mooncake", "sglang"),
+        default=None,
+        help="Disaggregated fleets (half prefill, half decode) speaking this P/D protocol; routers that cannot are skipped.",
+    )
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--no-plot", action="store_true")
     return p
@@ -147,9 +166,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         out_dir=args.out_dir,
         plot=not args.no_plot,
+        pd_protocol=args.pd,
     )
     result = run_comparison(opts)
-    stem = "compare-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    stem = f"compare{'-pd-' + args.pd if args.pd else ''}-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     print(f"results: {write_json(result, opts.out_dir, stem)}")
     if opts.plot:
         png = plot_ttft(result, opts.out_dir, stem, ("shared-prefix", "kv-pressure"))

@@ -15,21 +15,53 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.support.ports import free_port
 from tests.support.processes import ManagedProcess
 
 
+class Upstreams(Protocol):
+    """The workers a router is pointed at (a simulated fleet, or a plain backend like nginx)."""
+
+    pd_protocol: str | None
+
+    def urls(self, role: str) -> list[str]: ...
+
+    def prefill_endpoints(self) -> list[tuple[str, int | None]]: ...
+
+
+@dataclass
+class StaticUpstreams:
+    """Co-located workers at fixed URLs."""
+
+    regular: list[str]
+    pd_protocol: str | None = None
+
+    def urls(self, role: str) -> list[str]:
+        return list(self.regular) if role == "regular" else []
+
+    def prefill_endpoints(self) -> list[tuple[str, int | None]]:
+        return []
+
+
 class SimFleetProcess:
     """`python -m engine_sim` with an admin port; knows its worker URLs and reads its stats."""
 
-    def __init__(self, num_workers: int, sim_args: list[str], *, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self, num_workers: int, sim_args: list[str], *, pd_protocol: str | None = None, startup_timeout: float = 60.0
+    ) -> None:
+        """`num_workers` regular workers, or with `pd_protocol` half prefill and half decode."""
         admin = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="atom-bench-fleet-")
         fleet_file = Path(self._dir.name) / "fleet.json"
+        if pd_protocol is None:
+            shape = ["--regular", str(num_workers)]
+        else:
+            prefill = max(1, num_workers // 2)
+            shape = ["--prefill", str(prefill), "--decode", str(max(1, num_workers - prefill)), "--protocol", pd_protocol]
         cmd = [
-            sys.executable, "-m", "engine_sim", "--regular", str(num_workers),
+            sys.executable, "-m", "engine_sim", *shape,
             "--admin-port", str(admin), "--fleet-file", str(fleet_file), *sim_args,
         ]  # fmt: skip
         self.proc = ManagedProcess(cmd, name="engine-sim", port=admin)
@@ -39,7 +71,13 @@ class SimFleetProcess:
         except BaseException:
             self.stop()
             raise
-        self.worker_urls: list[str] = [w["url"] for w in self.description["workers"]]
+        self.pd_protocol = pd_protocol
+
+    def urls(self, role: str) -> list[str]:
+        return [w["url"] for w in self.description["workers"] if w["role"] == role]
+
+    def prefill_endpoints(self) -> list[tuple[str, int | None]]:
+        return [(w["url"], w["bootstrap_port"]) for w in self.description["workers"] if w["role"] == "prefill"]
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.proc.url}/sim/stats", timeout=30) as r:
@@ -61,20 +99,27 @@ class RouterUnderTest:
     def label(self) -> str:
         return f"{self.kind}:{self.policy}"
 
-    def unavailable_reason(self) -> str | None:
-        """Why this router cannot run here (None when it can)."""
+    def unavailable_reason(self, pd_protocol: str | None = None) -> str | None:
+        """Why this router cannot run here, or cannot speak `pd_protocol` (None when it can)."""
         if self.kind == "atom":
             return None if importlib.util.find_spec("router") else "the atom-mesh router package is not importable"
         if self.kind == "sglang-router":
             if importlib.util.find_spec("sglang_router") is None:
                 return "sglang-router is not installed (pip install -e .[bench])"
+            if pd_protocol not in (None, "sglang"):
+                return f"sglang-router does not speak the {pd_protocol} P/D protocol"
             return None
         if self.kind == "vllm-router":
-            return None if _vllm_router_binary() else "vllm-router is not installed (pip install -e .[bench])"
+            if not _vllm_router_binary():
+                return "vllm-router is not installed (pip install -e .[bench])"
+            if pd_protocol not in (None, "vllm", "vllm-mooncake"):
+                return f"vllm-router does not speak the {pd_protocol} P/D protocol"
+            return None
         return f"unknown router kind {self.kind!r}"
 
-    def command(self, port: int, worker_urls: list[str], prometheus_port: int) -> list[str]:
-        common = ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", *worker_urls, "--policy", self.policy]
+    def command(self, port: int, fleet: Upstreams, prometheus_port: int) -> list[str]:
+        common = ["--host", "127.0.0.1", "--port", str(port), "--policy", self.policy]
+        common += self._worker_flags(fleet)
         if self.kind == "atom":
             return [sys.executable, "-m", "router", *common, "--log-level", "warning"]
         # Each Rust router gets its own metrics port: the default 29000 clashes between them.
@@ -83,9 +128,24 @@ class RouterUnderTest:
             return [sys.executable, "-m", "sglang_router.launch_router", *common, *prom, "--log-level", "warn"]
         return [_vllm_router_binary() or "vllm-router", *common, *prom, "--log-level", "warning"]
 
-    def start(self, worker_urls: list[str], *, startup_timeout: float = 60.0) -> ManagedProcess:
+    def _worker_flags(self, fleet: Upstreams) -> list[str]:
+        protocol = fleet.pd_protocol
+        if protocol is None:
+            return ["--worker-urls", *fleet.urls("regular")]
+        flags = {
+            "atom": ["--pd-disaggregation", "--backend", protocol],
+            "sglang-router": ["--pd-disaggregation"],
+            "vllm-router": ["--vllm-pd-disaggregation"] + (["--kv-connector", "mooncake"] if protocol == "vllm-mooncake" else []),
+        }[self.kind]
+        for url, bootstrap in fleet.prefill_endpoints():
+            flags += ["--prefill", url] + ([str(bootstrap)] if bootstrap else [])
+        for url in fleet.urls("decode"):
+            flags += ["--decode", url]
+        return flags
+
+    def start(self, fleet: Upstreams, *, startup_timeout: float = 60.0) -> ManagedProcess:
         port = free_port()
-        proc = ManagedProcess(self.command(port, worker_urls, free_port()), name=self.label.replace(":", "-"), port=port)
+        proc = ManagedProcess(self.command(port, fleet, free_port()), name=self.label.replace(":", "-"), port=port)
         try:
             proc.wait_http_ready("/health", timeout=startup_timeout)
         except BaseException:

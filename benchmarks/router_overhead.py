@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.processes import RouterUnderTest, parse_router
+from benchmarks.processes import RouterUnderTest, StaticUpstreams, parse_router
 from benchmarks.report import machine_info, write_json
 from tests.support.ports import free_port
 from tests.support.processes import ManagedProcess
@@ -150,7 +150,7 @@ def measure(
                 if reason:
                     rows.append({"target": router.label, "skipped": reason})
                     continue
-                proc = router.start([nginx.url])
+                proc = router.start(StaticUpstreams([nginx.url]))
                 try:
                     wrk = run_wrk(proc.url, duration_s=duration_s, connections=connections, threads=threads, workdir=workdir)
                 finally:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.compare_routers import Options, run_comparison
+from benchmarks.compare_routers import Options, run_comparison, run_one
 from benchmarks.processes import parse_router
 from benchmarks.report import plot_ttft, write_json
+from benchmarks.workloads import generated_shared_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +48,33 @@ def test_compare_routers_on_a_tiny_trace(tmp_path: Path):
     assert json.loads(path.read_text())["meta"]["workers"] == 2
     png = plot_ttft(result, tmp_path, "tiny", ("shared-prefix", "kv-pressure"))
     assert png is not None and png.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("protocol", "peer"),
+    [("sglang", "sglang-router:round_robin"), ("vllm", "vllm-router:round_robin"), ("vllm-mooncake", "vllm-router:round_robin")],
+)
+def test_pd_fleets_through_our_router_and_the_peer_that_speaks_the_protocol(protocol: str, peer: str):
+    """Each P/D protocol of the simulator, driven by our router and by an independent router."""
+    opts = Options(
+        routers=[],
+        workloads=[],
+        workers=2,
+        sim_args=["--time-scale", "0.1"],
+        rate=40.0,
+        pd_protocol=protocol,
+    )
+    workload = generated_shared_prefix(num_groups=2, prompts_per_group=2, system_prompt_len=40, question_len=5, output_len=6, rate=40.0)
+    for label in ("atom:round_robin", peer):
+        router = parse_router(label)
+        run = run_one(router, workload, opts)
+        if "skipped" in run:
+            assert router.kind != "atom" and "not installed" in run["skipped"], run
+            continue
+        assert run["summary"]["completed"] == 4, (label, run)
+        fleet = run["fleet"]
+        assert fleet["prefill_legs"] == fleet["decode_legs"] == 4, (label, fleet)
+        assert fleet["rejected"] == fleet["kv_failures"] == 0, (label, fleet)
 
 
 @pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (apt-get install -y wrk nginx)")
