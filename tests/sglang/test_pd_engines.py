@@ -165,6 +165,17 @@ def test_sglang_router_drop_in(pd_pair: PDPair, model_name: str, reference: dict
                 assert_same_generation(got, reference[(name, stream)], f"{name} prompt via sglang-router")
 
 
+def _wait_until_in_flight(router_url: str, timeout: float = 120) -> None:
+    """Block until the router reports a request in flight (it has dispatched the legs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in httpx.get(f"{router_url}/metrics", timeout=10).text.splitlines():
+            if line.startswith("atom_mesh_worker_in_flight_requests{") and float(line.rsplit(" ", 1)[1]) > 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the router never reported the request in flight within {timeout:.0f}s")
+
+
 def test_prefill_killed_mid_request(pd_pair: PDPair, model_name: str, reference: dict) -> None:
     """The client gets a clear error in time; decode survives and serves a new prefill."""
     pgid = pd_pair.prefill.pgid
@@ -184,7 +195,7 @@ def test_prefill_killed_mid_request(pd_pair: PDPair, model_name: str, reference:
         os.killpg(pgid, signal.SIGSTOP)  # freeze the prefill so the request is surely in flight on it
         thread = threading.Thread(target=client)
         thread.start()
-        time.sleep(2)  # let the router send both legs (no assertion depends on this delay)
+        _wait_until_in_flight(router.url)
         pd_pair.prefill.stop(grace=0)
         thread.join(timeout=240)
         assert not thread.is_alive(), "the client got no answer at all after the prefill died"
