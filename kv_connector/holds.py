@@ -45,10 +45,10 @@ class HoldTable:
         hold = self._holds.pop(transfer_id, None)
         return hold.owner if hold else None
 
-    def expire(self, now: float) -> list[Hashable]:
-        """Drop unclaimed holds past their deadline; returns their owners."""
+    def expire(self, now: float) -> list[tuple[str, Hashable]]:
+        """Drop unclaimed holds past their deadline; returns their (transfer id, owner) pairs."""
         gone = [t for t, h in self._holds.items() if not h.claimed and h.expires_at <= now]
-        return [self._holds.pop(t).owner for t in gone]
+        return [(t, self._holds.pop(t).owner) for t in gone]
 
     def __contains__(self, transfer_id: str) -> bool:
         return transfer_id in self._holds

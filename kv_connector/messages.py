@@ -1,9 +1,10 @@
 """Handshake messages of the push protocol, and their wire encoding (msgpack).
 
 The flow (serial P/D, as the router's `vllm` backend drives it):
-1. Prefill finishes; the producer holds the request's blocks under a `transfer_id` and
-   returns kv_transfer_params naming its engine id, side-channel address and KV
-   fingerprint.
+1. Prefill finishes; the producer's scheduler keeps the request's blocks, tells its
+   transfer workers at once (`Hold`, on their own side channel, so the hold never waits
+   for an engine step) and returns kv_transfer_params naming its engine id,
+   side-channel address and KV fingerprint.
 2. Decode allocates blocks and sends the producer a `PushRequest` over the side channel:
    which transfer, where to write (its layout + block ids), how long it will wait.
 3. The producer writes the pages into decode's memory and answers `PushResult`; it
@@ -18,6 +19,15 @@ from __future__ import annotations
 import msgspec
 
 from kv_connector.layout import KVLayout
+
+
+class Hold(msgspec.Struct, tag="hold", frozen=True):
+    """Producer scheduler -> its own workers: these blocks wait for a consumer."""
+
+    transfer_id: str
+    owner: str  # the engine's request id, reported back when the hold ends
+    block_ids: list[int]
+    engine_id: str  # must be the worker's own engine: a hold for another incarnation is dropped
 
 
 class PushRequest(msgspec.Struct, tag="push", frozen=True):
@@ -42,7 +52,7 @@ class PushResult(msgspec.Struct, tag="result", frozen=True):
     nbytes: int = 0
 
 
-Message = PushRequest | PushResult
+Message = Hold | PushRequest | PushResult
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from kv_connector.holds import Hold, HoldTable
 from kv_connector.layout import KVLayout, LayoutMismatch, plan_copies
-from kv_connector.messages import Message, PushRequest, PushResult
+from kv_connector.messages import Hold, Message, PushRequest, PushResult
 from kv_connector.side_channel import ReplyTo, SideChannel
 from kv_connector.transport import BatchState, TransferError, TransferOp, Transport
 
@@ -75,8 +75,14 @@ class KVProducer:
         return self._channel.address
 
     def hold(self, transfer_id: str, owner: Hashable, block_ids: list[int]) -> None:
-        """Keep `block_ids` for a consumer to claim; `owner` comes back via take_finished()."""
+        """Keep `block_ids` for a consumer to claim; `owner` comes back via take_finished().
+
+        Engines call this directly or send a `Hold` message to the side channel (which
+        does not wait for the engine's next step)."""
         with self._lock:
+            if transfer_id in self._holds or transfer_id in self._ended:
+                logger.warning("ignoring a repeated hold for transfer %s", transfer_id)
+                return
             self._holds.add(transfer_id, owner, block_ids, now=self._clock(), ttl_s=self._cfg.hold_ttl_s)
             parked = self._parked.pop(transfer_id, None)
             hold = self._holds.claim(transfer_id) if parked else None
@@ -113,6 +119,12 @@ class KVProducer:
         return None
 
     def _on_message(self, to: ReplyTo, msg: Message) -> None:
+        if isinstance(msg, Hold):
+            if msg.engine_id != self._cfg.engine_id:
+                logger.warning("dropping a hold for engine %s (this is %s)", msg.engine_id, self._cfg.engine_id)
+            else:
+                self.hold(msg.transfer_id, msg.owner, msg.block_ids)
+            return
         if not isinstance(msg, PushRequest):
             logger.warning("producer ignores %s", type(msg).__name__)
             return
@@ -136,11 +148,18 @@ class KVProducer:
             return
         self._start(to, msg, hold, deadline)
 
+    def _remember_end(self, transfer_id: str, why: str) -> None:
+        """Caller holds the lock. Late requests for an ended transfer are refused at once."""
+        self._ended[transfer_id] = why
+        while len(self._ended) > _ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
     def _tick(self) -> None:
         now = self._clock()
         with self._lock:
-            for owner in self._holds.expire(now):
+            for transfer_id, owner in self._holds.expire(now):
                 self._finished.add(owner)
+                self._remember_end(transfer_id, "expired: no consumer claimed it in time")
                 logger.warning("KV hold for %s expired after %.0fs without a consumer", owner, self._cfg.hold_ttl_s)
             late = [t for t, p in self._parked.items() if p.deadline <= now]
             parked = [self._parked.pop(t) for t in late]
@@ -186,9 +205,7 @@ class KVProducer:
                 owner = self._holds.release(req.transfer_id)
                 if owner is not None:
                     self._finished.add(owner)
-                self._ended[req.transfer_id] = "already pushed" if ok else f"push failed: {error}"
-                while len(self._ended) > _ENDED_MEMORY:
-                    self._ended.popitem(last=False)
+                self._remember_end(req.transfer_id, "already pushed" if ok else f"push failed: {error}")
             self._reply(to, req, ok, error, nbytes)
             logger.debug(
                 "push %s: ok=%s, %d bytes in %.2f ms", req.transfer_id, ok, nbytes, (time.perf_counter() - started) * 1e3

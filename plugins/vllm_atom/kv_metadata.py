@@ -1,18 +1,15 @@
-"""What AtomKVConnector's scheduler side tells its workers each step."""
+"""What AtomKVConnector's scheduler side tells its workers each step.
+
+Only receives travel here: holds go to the producer workers straight over the side
+channel (`kv_connector.messages.Hold`), because this metadata reaches a worker only
+after its current forward pass, which under load delayed holds by seconds.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata
-
-
-@dataclass(frozen=True)
-class HoldSpec:
-    """Producer: keep these blocks of a finished prefill for a consumer to claim."""
-
-    transfer_id: str
-    block_ids: list[int]
 
 
 @dataclass(frozen=True)
@@ -30,5 +27,4 @@ class RecvSpec:
 
 @dataclass
 class AtomKVMetadata(KVConnectorMetadata):
-    holds: dict[str, HoldSpec] = field(default_factory=dict)  # request id -> hold
     recvs: dict[str, RecvSpec] = field(default_factory=dict)  # request id -> receive

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from vllm.v1.request import RequestStatus
 from vllm.utils.math_utils import cdiv
 
-from vllm_atom.kv_metadata import AtomKVMetadata, HoldSpec, RecvSpec
+from kv_connector.messages import Hold
+from kv_connector.side_channel import ReplyTo, SideChannel
+from vllm_atom.kv_metadata import AtomKVMetadata, RecvSpec
 from vllm_atom.kv_settings import AtomKVSettings
 
 if TYPE_CHECKING:
@@ -41,8 +43,8 @@ class AtomKVScheduler:
         self.block_size = vllm_config.cache_config.block_size
         self.tp_size = vllm_config.parallel_config.tensor_parallel_size
         self._local_hits: dict[str, int] = {}
-        self._new_holds: dict[str, HoldSpec] = {}
         self._held: set[str] = set()
+        self._to_workers: SideChannel | None = None  # producer: sends Holds to our own workers
         self._new_recvs: dict[str, RecvSpec] = {}
 
     # -- consumer ------------------------------------------------------------
@@ -110,7 +112,7 @@ class AtomKVScheduler:
         if not block_ids:
             return False, None
         transfer_id = f"{self.engine_id}/{request.request_id}"
-        self._new_holds[request.request_id] = HoldSpec(transfer_id, list(block_ids))
+        self._send_hold(Hold(transfer_id, request.request_id, list(block_ids), self.engine_id))
         self._held.add(request.request_id)
         return True, {
             "do_remote_prefill": True,
@@ -125,6 +127,13 @@ class AtomKVScheduler:
             "tp_size": self.tp_size,
         }
 
+    def _send_hold(self, hold: Hold) -> None:
+        """Tell every TP rank's worker now; ZMQ queues the message if a worker is not connected yet."""
+        if self._to_workers is None:
+            self._to_workers = SideChannel(lambda to, msg: None, name="atom-kv-holds")
+        for rank in range(self.tp_size):
+            self._to_workers.send(ReplyTo(address=f"tcp://{self.host}:{self.settings.side_channel_port + rank}"), hold)
+
     def update_connector_output(self, output: KVConnectorOutput) -> None:
         for req_id in output.finished_sending or ():
             self._held.discard(req_id)
@@ -136,8 +145,12 @@ class AtomKVScheduler:
     # -- both ------------------------------------------------------------------
 
     def build_connector_meta(self) -> AtomKVMetadata:
-        meta = AtomKVMetadata(holds=self._new_holds, recvs=self._new_recvs)
-        if meta.holds or meta.recvs:
-            logger.debug("step metadata: holds %s, receives %s", list(meta.holds), list(meta.recvs))
-        self._new_holds, self._new_recvs = {}, {}
+        meta = AtomKVMetadata(recvs=self._new_recvs)
+        if meta.recvs:
+            logger.debug("step metadata: receives %s", list(meta.recvs))
+        self._new_recvs = {}
         return meta
+
+    def shutdown(self) -> None:
+        if self._to_workers is not None:
+            self._to_workers.close()

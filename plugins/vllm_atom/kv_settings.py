@@ -19,8 +19,8 @@ class AtomKVSettings:
     protocol: str = "tcp"  # mooncake: tcp | rdma
     side_channel_host: str | None = None  # advertised and bound; default: this host's IP
     side_channel_port: int = DEFAULT_SIDE_CHANNEL_PORT  # + TP rank
-    hold_timeout_s: float = 60.0  # producer frees unclaimed blocks after this
-    transfer_timeout_s: float = 30.0  # consumer fails a request whose KV has not arrived by then
+    hold_timeout_s: float = 180.0  # producer frees unclaimed blocks after this (> transfer_timeout_s)
+    transfer_timeout_s: float = 120.0  # consumer fails a request whose KV has not arrived by then
     regions_per_batch: int = 0  # layers per write batch (0: one batch per request)
     enable_test_hooks: bool = False  # honour kv_transfer_params["atom_test_tamper"] (tests only)
 

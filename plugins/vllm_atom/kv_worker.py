@@ -1,8 +1,8 @@
 """AtomKVConnector, worker side: owns the transport and the core's producer/consumer.
 
-`register_kv_caches` registers the KV memory and starts the side channel; each step
-`start_load_kv` hands new holds (producer) and receives (consumer) to the core, and
-`get_transfer_results` reports what finished. The engine thread never waits on the
+`register_kv_caches` registers the KV memory and starts the side channel (where the
+producer's scheduler sends holds); each step `start_load_kv` hands new receives
+(consumer) to the core, and `get_transfer_results` reports what finished. The engine thread never waits on the
 network: pushes run on the core's threads. No accelerator API is called here, so the
 same code runs on CPU and GPU KV tensors.
 """
@@ -94,11 +94,8 @@ class AtomKVWorker:
         )
 
     def start_load_kv(self, meta: AtomKVMetadata) -> None:
-        if meta.holds or meta.recvs:
-            logger.debug("worker got holds %s, receives %s", list(meta.holds), list(meta.recvs))
-        if self.producer is not None:
-            for req_id, hold in meta.holds.items():
-                self.producer.hold(hold.transfer_id, req_id, hold.block_ids)
+        if meta.recvs:
+            logger.debug("worker got receives %s", list(meta.recvs))
         if self.consumer is not None:
             for req_id, recv in meta.recvs.items():
                 if recv.error is not None:

@@ -26,7 +26,7 @@ def test_unclaimed_holds_expire_and_free_their_blocks():
     t.add("a", "ra", [1], now=0.0, ttl_s=5)
     t.add("b", "rb", [2], now=3.0, ttl_s=5)
     assert t.expire(now=4.9) == []
-    assert t.expire(now=5.0) == ["ra"]
+    assert t.expire(now=5.0) == [("a", "ra")]
     assert t.claim("a") is None and len(t) == 1
     with pytest.raises(ValueError):
         t.add("b", "rb", [2], now=0, ttl_s=1)

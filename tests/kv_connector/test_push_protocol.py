@@ -143,9 +143,38 @@ def test_unknown_transfer_times_out_and_unclaimed_hold_is_freed(make_pair):
     assert not ok and not dst.any()
 
 
-def test_dead_producer_becomes_a_timeout(make_pair):
-    producer, consumer, src, dst, address = make_pair(timeout_s=2.0)
+def test_dead_producer_fails_the_wait(pair):
+    """A producer whose port refuses connections is gone: no need to wait for the deadline."""
+    producer, consumer, src, dst, address = pair
     producer.close()
     _request(consumer, address, "dec-e", "P1/e", [1])
     ok, why = _wait_results(consumer, "dec-e")
+    assert not ok and "is gone" in why
+
+
+def test_silent_producer_becomes_a_timeout(make_pair):
+    """A port that accepts but never answers (a hung producer) ends at the deadline."""
+    import socket
+
+    producer, consumer, src, dst, _ = make_pair(timeout_s=1.0)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        _request(consumer, f"tcp://127.0.0.1:{silent.getsockname()[1]}", "dec-f", "P1/f", [1])
+        ok, why = _wait_results(consumer, "dec-f")
     assert not ok and "timed out" in why
+
+
+def test_hold_message_from_the_engine_scheduler_is_honoured_only_for_this_engine(pair):
+    from kv_connector.messages import Hold
+    from kv_connector.side_channel import ReplyTo, SideChannel
+
+    producer, consumer, src, dst, address = pair
+    scheduler = SideChannel(lambda to, msg: None)
+    try:
+        scheduler.send(ReplyTo(address=address), Hold("P0/x", "req-x", [1], engine_id="P0-previous-run"))
+        scheduler.send(ReplyTo(address=address), Hold("P1/y", "req-y", [2], engine_id="P1"))
+        _request(consumer, address, "dec-y", "P1/y", [6])
+        assert _wait_results(consumer, "dec-y") == (True, "")
+        assert np.array_equal(dst[:, 6], src[:, 2])
+        assert producer.num_held() == 0  # the foreign hold was dropped, the other one pushed
+    finally:
+        scheduler.close()
