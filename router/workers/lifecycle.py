@@ -228,7 +228,7 @@ class WorkerManager:
         self._bring_up[worker.worker_id] = task
         task.add_done_callback(lambda _t, wid=worker.worker_id: self._bring_up.pop(wid, None))
         if wait:
-            await asyncio.shield(task)
+            await asyncio.wait({task})  # returns (never raises) if a drain/removal cancels the bring-up
         return worker
 
     def get(self, worker_id: str) -> Worker:
@@ -257,7 +257,7 @@ class WorkerManager:
             task = asyncio.create_task(self._finish_drain(worker), name=f"drain-{worker_id}")
             self._drains[worker_id] = task
         if wait:
-            await asyncio.shield(task)
+            await asyncio.wait({task})
         return worker
 
     def health_counts(self, worker: Worker) -> tuple[int, int]:

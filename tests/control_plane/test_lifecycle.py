@@ -268,3 +268,16 @@ async def test_remove_is_immediate_and_forgets_health(endpoint, manager):
     assert m.remove(w.worker_id) is w and len(m.registry) == 0
     guard.release()  # in-flight request on a removed worker still releases cleanly
     assert w.in_flight_requests == 0 and m.health_counts(w) == (0, 0)
+
+
+async def test_waiting_add_returns_when_the_worker_is_removed_during_start_up(endpoint, manager):
+    endpoint.health_status = 503
+    m = await manager()
+    adding = asyncio.create_task(m.add(WorkerSpec(url=endpoint.url), wait=True))
+    for _ in range(200):
+        if len(m.registry):
+            break
+        await asyncio.sleep(0.01)
+    (w,) = list(m.registry)
+    m.remove(w.worker_id)
+    assert await adding is w and w.state is S.PENDING  # no exception leaks into the admin handler
