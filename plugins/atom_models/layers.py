@@ -82,9 +82,10 @@ def rope_inv_freq(rope: RopeConfig, rotary_dim: int) -> torch.Tensor:
         wavelen = 2 * math.pi / inv_freq
         # Long wavelengths (low frequencies) are slowed by `factor`, short ones kept, and
         # the band between is interpolated smoothly.
-        smooth = ((old_len / wavelen - low) / (high - low)).clamp(0, 1) if high != low else torch.zeros_like(inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low) if high != low else torch.zeros_like(inv_freq)
         scaled = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-        inv_freq = torch.where(wavelen < old_len / high, inv_freq, torch.where(wavelen > old_len / low, inv_freq / factor, scaled))
+        slowed = torch.where(wavelen > old_len / low, inv_freq / factor, scaled)
+        inv_freq = torch.where(wavelen < old_len / high, inv_freq, slowed)
     return inv_freq
 
 

@@ -78,7 +78,8 @@ class CausalLM(nn.Module):
         super().__init__()
         self.atom_config = cfg
         self.model = DecoderModel(cfg, attention, _join(prefix, "model"))
-        self.lm_head = self.model.embed_tokens if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False)
+        tied = cfg.tie_word_embeddings
+        self.lm_head = self.model.embed_tokens if tied else Linear(cfg.hidden_size, cfg.vocab_size, False)
         self._linear = ops.get("linear")
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
