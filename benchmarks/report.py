@@ -113,3 +113,24 @@ def plot_ttft(result: dict[str, Any], out_dir: Path, stem: str, workloads: tuple
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def markdown_table(runs: list[dict[str, Any]], baseline: str = BASELINE) -> str:
+    """One workload's runs as a Markdown table (for the README), with TTFT and E2E ratios to the baseline."""
+    base = next((r for r in runs if r["router"] == baseline and "summary" in r), None)
+    rows = [
+        "| router | TTFT p50 | TTFT p90 | TTFT p99 | E2E p50 | E2E p99 | req/s | cache hit | TTFT p50 / p99 vs baseline | E2E p50 vs baseline |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        if "summary" not in run:
+            rows.append(f"| {run['router']} | skipped: {run.get('skipped', '')} | | | | | | | | |")
+            continue
+        s, b = run["summary"], base["summary"] if base else None
+        ttft_ratio = f"{_ratio(s['ttft_ms']['p50'], b and b['ttft_ms']['p50'])} / {_ratio(s['ttft_ms']['p99'], b and b['ttft_ms']['p99'])}"
+        rows.append(
+            f"| {run['router']} | {_num(s['ttft_ms']['p50'])} | {_num(s['ttft_ms']['p90'])} | {_num(s['ttft_ms']['p99'])} "
+            f"| {_num(s['e2e_ms']['p50'])} | {_num(s['e2e_ms']['p99'])} | {_num(s['throughput_rps'], 1)} "
+            f"| {_num(run['fleet']['cache_hit_rate'] * 100)}% | {ttft_ratio} | {_ratio(s['e2e_ms']['p50'], b and b['e2e_ms']['p50'])} |"
+        )
+    return "\n".join(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from benchmarks.loadgen import percentile, run_trace, summarize
-from benchmarks.report import format_table
+from benchmarks.report import format_table, markdown_table
 from benchmarks.router_overhead import parse_wrk
 from benchmarks.workloads import generated_shared_prefix, multi_turn_chat
 from engine_sim.config import EngineConfig, FaultConfig, WorkerSpec
@@ -61,6 +61,9 @@ def test_table_shows_ratios_to_the_baseline_and_skips():
     atom_line = next(line for line in table.splitlines() if line.startswith("atom:cache_aware"))
     assert "0.50x, 0.50x, 0.50x, 1.00x, 1.50x" in atom_line
     assert "x:y" in table and "not installed" in table
+    md = markdown_table(runs).splitlines()
+    assert md[0].startswith("| router |") and len(md) == 5
+    assert md[3].startswith("| atom:cache_aware | 5 |") and "| 75% | 0.50x / 0.50x | 0.50x |" in md[3]
 
 
 def test_parse_wrk_output():
