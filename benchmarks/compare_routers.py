@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import shlex
 import time
 from collections.abc import Sequence
@@ -24,8 +23,6 @@ from benchmarks.loadgen import run_trace, summarize
 from benchmarks.processes import RouterUnderTest, SimFleetProcess, parse_router
 from benchmarks.report import format_table, machine_info, plot_ttft, write_json
 from benchmarks.workloads import Workload, generated_shared_prefix, kv_pressure, multi_turn_chat
-
-logger = logging.getLogger("atom_mesh.benchmarks")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure")

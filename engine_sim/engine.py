@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable
 
 from engine_sim.config import EngineConfig
@@ -17,8 +16,6 @@ from engine_sim.kv_cache import BlockRemoved, BlockStored
 from engine_sim.scheduler import EngineCore, SimRequest, TokenEvent
 
 CacheEventSink = Callable[[list[BlockStored | BlockRemoved]], None]
-
-logger = logging.getLogger("atom_mesh.engine_sim")
 
 
 class AsyncEngine:

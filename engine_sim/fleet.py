@@ -88,6 +88,8 @@ class Fleet:
             site = web.TCPSite(self._admin_runner, self.host, self.admin_port, reuse_address=True)
             await site.start()
             self.admin_port = self._admin_runner.addresses[0][1]
+        for worker in self.workers:
+            logger.info("simulated %s worker %d on %s (%s)", worker.spec.role, worker.index, worker.url, worker.spec.protocol)
 
     async def stop(self) -> None:
         if self._admin_runner is not None:

@@ -141,6 +141,7 @@ class SimWorker:
         if new.listening != self.faults.listening:
             await self.set_listening(new.listening)
         self.faults = new
+        logger.info("worker %d (%s) faults now %s", self.index, self.url, changes)
         return new
 
     async def stop(self) -> None:
@@ -301,8 +302,10 @@ class SimWorker:
                 try:
                     record = await self._hub.wait(leg.wait_key, self.cfg.kv_wait_timeout_s)
                 except KVTimeoutError as exc:
+                    logger.warning("worker %d: %s", self.index, exc)
                     return _error(500, f"{exc}: the prefill leg failed or was never sent")
                 if record.prompt_digest != prompt_digest(req.prompt_ids):
+                    logger.warning("worker %d: KV for %r belongs to another prompt", self.index, leg.wait_key)
                     return _error(500, f"KV for {leg.wait_key!r} belongs to another prompt: the router paired the wrong legs")
             uncached = len(req.prompt_ids) - self.engine.core.cached_prefix_tokens(req.prompt_ids)
             await asyncio.sleep(kv_transfer_seconds(self.cfg, uncached))
