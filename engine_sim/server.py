@@ -124,8 +124,11 @@ class SimWorker:
         self._server = await loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def set_listening(self, listening: bool) -> None:
-        """Stop accepting and drop every open connection (a crashed engine), or listen again."""
+    async def set_listening(self, listening: bool, keep: asyncio.BaseTransport | None = None) -> None:
+        """Stop accepting and drop every open connection (a crashed engine), or listen again.
+
+        `keep` is the connection of an admin request that asked for this, so it gets its answer.
+        """
         if listening and self._server is None:
             await self._listen()
         elif not listening and self._server is not None:
@@ -133,13 +136,13 @@ class SimWorker:
             self._server = None
             assert self._runner is not None and self._runner.server is not None
             for conn in list(self._runner.server.connections):
-                if conn.transport is not None:
+                if conn.transport is not None and conn.transport is not keep:
                     conn.transport.abort()
 
-    async def set_faults(self, changes: dict[str, Any]) -> FaultConfig:
+    async def set_faults(self, changes: dict[str, Any], keep: asyncio.BaseTransport | None = None) -> FaultConfig:
         new = self.faults.updated(changes)
         if new.listening != self.faults.listening:
-            await self.set_listening(new.listening)
+            await self.set_listening(new.listening, keep)
         self.faults = new
         logger.info("worker %d (%s) faults now %s", self.index, self.url, changes)
         return new
@@ -448,7 +451,7 @@ class SimWorker:
             changes = orjson.loads(await request.read())
             if not isinstance(changes, dict):
                 raise ValueError("the body must be a JSON object of fault knobs")
-            return _json((await self.set_faults(changes)).to_dict())
+            return _json((await self.set_faults(changes, keep=request.transport)).to_dict())
         except (ValueError, TypeError) as exc:
             return _error(400, str(exc))
 

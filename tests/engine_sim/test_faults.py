@@ -102,6 +102,16 @@ async def test_listening_false_drops_open_connections(http):
         await settle(worker, cancelled=1, running=0)
 
 
+async def test_a_worker_told_to_stop_listening_on_its_own_port_still_answers(http):
+    async with running_fleet(WorkerSpec()) as fleet:
+        worker = fleet.workers[0]
+        # "Connection: close": the kept admin connection must not be reused for the check below.
+        async with http.post(f"{worker.url}/sim/faults", json={"listening": False}, headers={"Connection": "close"}) as r:
+            assert r.status == 200 and (await r.json())["listening"] is False
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await http.get(f"{worker.url}/health")
+
+
 def test_fault_draws_are_reproducible():
     cfg = FaultConfig(error_rate=0.3, spike_rate=0.5, spike_ms=10)
 
