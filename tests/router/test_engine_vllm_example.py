@@ -18,7 +18,7 @@ from openai import OpenAI
 from tests.router.engine_cases import CASES, Case, ask, assert_same, external_prefix_hits
 from tests.support.processes import ManagedProcess
 from tests.support.router_process import start_router
-from tests.support.vllm_engine import start_vllm
+from tests.support.vllm_engine import DEFAULT_READY_TIMEOUT, start_vllm
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -35,8 +35,8 @@ def example_pair(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         procs["prefill"] = start_vllm(tiny_llama, kv_transfer_config=config, wait=False, name="vllm-example-prefill")
         procs["decode"] = start_vllm(tiny_llama, kv_transfer_config=config, wait=False, name="vllm-example-decode")
-        procs["prefill"].wait_http_ready()
-        procs["decode"].wait_http_ready()
+        procs["prefill"].wait_http_ready(timeout=DEFAULT_READY_TIMEOUT)
+        procs["decode"].wait_http_ready(timeout=DEFAULT_READY_TIMEOUT)
         procs["router"] = start_router(
             "--pd-disaggregation",
             "--backend",
