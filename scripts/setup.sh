@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${ATOM_MESH_VENV:-.venv}
 PY=${PYTHON:-python3}
-EXTRAS=${ATOM_MESH_EXTRAS:-vllm,dev,mooncake}
+EXTRAS=${ATOM_MESH_EXTRAS:-vllm,dev,mooncake,bench}
 
 need_debs=()
 for deb in libibverbs1 librdmacm1 libnuma1; do
