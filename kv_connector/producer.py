@@ -37,6 +37,7 @@ class ProducerConfig:
     # submitted back to back, so several are in flight at once (pipelined).
     regions_per_batch: int = 0
     max_parallel_pushes: int = 4
+    write_attempts: int = 3  # a failed batch (e.g. a TCP stall on an overloaded host) is retried
     enable_test_hooks: bool = False  # honour PushRequest.tamper (tests only)
 
 
@@ -193,7 +194,7 @@ class KVProducer:
                 self._layout, src, req.consumer_layout, req.dst_block_ids, src_region_order=self._source_order(req)
             )
             peer = self._transport.connect(req.consumer_endpoint)
-            nbytes = self._write(peer, plan, deadline)
+            nbytes = self._write_with_retries(peer, plan, deadline, req.transfer_id)
             ok = True
         except (TransferError, LayoutMismatch) as e:
             error = str(e)
@@ -210,6 +211,19 @@ class KVProducer:
             logger.debug(
                 "push %s: ok=%s, %d bytes in %.2f ms", req.transfer_id, ok, nbytes, (time.perf_counter() - started) * 1e3
             )
+
+    def _write_with_retries(self, peer: str, plan: list[list[TransferOp]], deadline: float, transfer_id: str) -> int:
+        """Rewrite the whole plan after a failed batch (writes are idempotent: the consumer
+        still waits on these blocks) until it lands, attempts run out or the deadline passes."""
+        for attempt in range(1, self._cfg.write_attempts + 1):
+            try:
+                return self._write(peer, plan, deadline)
+            except TransferError as e:
+                if attempt == self._cfg.write_attempts or self._clock() > deadline:
+                    raise
+                logger.warning("push %s attempt %d failed (%s); retrying", transfer_id, attempt, e)
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     def _write(self, peer: str, plan: list[list[TransferOp]], deadline: float) -> int:
         """Write the plan in batches of `regions_per_batch` regions, all in flight at once."""

@@ -13,6 +13,14 @@ from typing import Any
 DEFAULT_SIDE_CHANNEL_PORT = 5610
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(value)
+
+
 @dataclass(frozen=True)
 class AtomKVSettings:
     transport: str = "mooncake"  # mooncake | mori
@@ -36,7 +44,10 @@ class AtomKVSettings:
         for name, value in extra.items():
             kind = type(getattr(cls, name)) if getattr(cls, name) is not None else str
             try:
-                values[name] = value if kind is bool and isinstance(value, bool) else kind(value)
+                if kind is bool:
+                    values[name] = _boolean(value)
+                else:
+                    values[name] = kind(value)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"AtomKVConnector setting {name}={value!r} is not a valid {kind.__name__}") from e
         if "side_channel_port" not in extra and os.environ.get("ATOM_KV_SIDE_CHANNEL_PORT"):

@@ -178,3 +178,24 @@ def test_hold_message_from_the_engine_scheduler_is_honoured_only_for_this_engine
         assert producer.num_held() == 0  # the foreign hold was dropped, the other one pushed
     finally:
         scheduler.close()
+
+
+def test_failed_write_batch_is_retried(pair, monkeypatch):
+    """A batch that fails once (a TCP stall under load) is written again: the push still lands."""
+    from kv_connector.transport import TransferError
+
+    producer, consumer, src, dst, address = pair
+    real_submit = producer._transport.submit_write  # the fixture pushes one batch per layer
+    failures = []
+
+    def flaky_submit(peer, ops):
+        if not failures:
+            failures.append(1)
+            raise TransferError("injected failure")
+        return real_submit(peer, ops)
+
+    monkeypatch.setattr(producer._transport, "submit_write", flaky_submit)
+    producer.hold("P1/r", "req-r", [3])
+    _request(consumer, address, "dec-r", "P1/r", [7])
+    assert _wait_results(consumer, "dec-r") == (True, "")
+    assert failures and np.array_equal(dst[:, 7], src[:, 3])
