@@ -23,7 +23,8 @@ from tests.support.processes import ManagedProcess
 from tests.support.router_process import start_router
 from tests.support.vllm_engine import DEFAULT_READY_TIMEOUT, start_vllm
 
-pytestmark = [pytest.mark.engine, pytest.mark.slow]
+# The first test also pays for starting the reference engine and the pair.
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SHIM = Path(__file__).resolve().parents[1] / "support" / "vllm_mooncake_cpu"
 
