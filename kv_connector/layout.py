@@ -12,7 +12,6 @@ Pure code: no I/O, no clocks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import msgspec
 

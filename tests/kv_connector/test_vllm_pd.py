@@ -104,7 +104,7 @@ async def test_tampered_kv_changes_the_output(pd_pair, tiny_llama):
         body = _body(str(tiny_llama), _prompt(200, seed=99), stream=False)
         ref = await _reference(s, p.url, body)
         honest = await pd_legs(s, p.url, d.url, body)
-        tampered = await pd_legs(s, p.url, d.url, {**body, "prompt": body["prompt"]}, extra_params={"atom_test_tamper": "rotate_layers"})
+        tampered = await pd_legs(s, p.url, d.url, body, extra_params={"atom_test_tamper": "rotate_layers"})
     assert honest.token_ids == ref.token_ids
     assert tampered.status == 200 and tampered.token_ids != ref.token_ids
 
