@@ -1,0 +1,77 @@
+"""P/D with the ATOM model implementation on both sides (real vLLM CPU, AtomKVConnector).
+
+Prefill and decode both run `AtomQwen3MoeForCausalLM`; the KV goes through our connector
+over Mooncake TCP into vLLM's KV cache, which our model reads through vLLM's attention
+layer. Decode's greedy tokens and logprobs must equal the producer answering alone, and
+a tampered transfer must change them (so decode really used the pushed KV).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import aiohttp
+import pytest
+
+from tests.kv_connector.pd_client import complete, pd_legs
+from tests.kv_connector.test_vllm_pd import _connector
+from tests.support.models import build_tiny_model
+from tests.support.ports import free_port
+from tests.support.vllm_engine import start_vllm
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+ARCH = "AtomQwen3MoeForCausalLM"
+MAX_TOKENS = 8
+PROMPT_LENGTHS = [9, 129, 300]
+
+
+@pytest.fixture(scope="module")
+def atom_pd_pair():
+    model_dir = build_tiny_model("qwen3_moe")
+    overrides = ["--hf-overrides", json.dumps({"architectures": [ARCH]})]
+    procs = []
+    try:
+        for role in ("kv_producer", "kv_consumer"):  # started together: their start-ups overlap
+            kv_config = _connector(role, free_port())
+            procs.append(
+                start_vllm(model_dir, kv_transfer_config=kv_config, extra_args=overrides, wait=False, name=f"atom-{role}")
+            )
+        for proc in procs:
+            proc.wait_http_ready("/health", timeout=900)
+        yield model_dir, *procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def _body(model: str, length: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    prompt = [rng.randrange(3, 600) for _ in range(length)]
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "logprobs": 1,
+        "return_token_ids": True,
+    }
+
+
+async def test_pd_with_atom_model_equals_colocated(atom_pd_pair) -> None:
+    model_dir, p, d = atom_pd_pair
+    for proc in (p, d):
+        assert f"Resolved architecture: {ARCH}" in proc.log_text()
+    async with aiohttp.ClientSession() as s:
+        for seed, length in enumerate(PROMPT_LENGTHS):
+            body = _body(str(model_dir), length, seed)
+            ref = await complete(s, p.url, body)
+            assert ref.status == 200 and len(ref.token_ids) == MAX_TOKENS, ref
+            got = await pd_legs(s, p.url, d.url, body)
+            assert got.status == 200 and got.token_ids == ref.token_ids, f"prompt of {length} tokens"
+            assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-4)
+        body = _body(str(model_dir), 200, 99)
+        ref = await complete(s, p.url, body)
+        tampered = await pd_legs(s, p.url, d.url, body, extra_params={"atom_test_tamper": "rotate_layers"})
+    assert tampered.status == 200 and tampered.token_ids != ref.token_ids
