@@ -27,19 +27,22 @@ fi
 
 start=$(date +%s)
 echo "setup_sglang: building $VENV (first run takes several minutes)"
-PIP=("$VENV/bin/pip" install -q)
-"$VENV/bin/pip" install -q --upgrade pip >/dev/null
+# pip warns once per package about this machine's partial local indexes; drop that noise.
+pip_install() {
+  "$VENV/bin/pip" install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_install --upgrade pip >/dev/null
 # torch first, pinned to the CPU wheel, so nothing pulls a CUDA build.
-"${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" --no-deps "sglang==0.5.23" "sglang-kernel"
-"${PIP[@]}" \
+pip_install "torch==2.13.0"
+pip_install --no-deps "sglang==0.5.23" "sglang-kernel"
+pip_install \
   "transformers>=5.0,<6" triton pillow tqdm IPython dill apache-tvm-ffi sentencepiece \
   compressed-tensors gguf einops openai partial_json_parser jsonschema xgrammar soundfile \
   python-multipart msgspec pyzmq fastapi uvicorn uvloop orjson aiohttp requests psutil \
   setproctitle pybase64 interegular llguidance numpy \
   mooncake-transfer-engine-non-cuda sglang-router \
   pytest pytest-asyncio pytest-timeout tokenizers
-"${PIP[@]}" -e ".[mooncake]"
+pip_install -e ".[mooncake]"
 # Anything above that pulled a CUDA torch or torchvision would break the CPU stack.
 "$VENV/bin/python" - <<'EOF'
 import torch
