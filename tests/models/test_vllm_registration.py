@@ -1,4 +1,5 @@
-"""Registration of the ATOM classes in vLLM's real ModelRegistry (in process, no server)."""
+"""Registration of the ATOM classes in vLLM's real ModelRegistry: in process, plus one
+engine start that checks the environment override reaches vLLM's worker process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from atom_models.families import ARCHITECTURES
+from tests.support.models import build_tiny_model
+from tests.support.processes import EngineStartError
+from tests.support.vllm_engine import start_vllm
 from vllm_atom.model_registration import ENV_VAR, choose_impl, register_models, registrations
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e .[vllm])")
@@ -59,3 +63,21 @@ def test_registered_classes_exist_and_satisfy_vllms_interface() -> None:
         cls = getattr(vllm_atom.models, name)
         assert is_text_generation_model(cls), arch
         assert cls.hf_architecture in ARCHITECTURES
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_env_override_reaches_vllms_worker_process() -> None:
+    """`ATOM_MESH_MODEL_IMPL=atom` must make vLLM's worker build our class for the built-in
+    name: a bad `ATOM_MESH_OPS`, which only our class reads, then stops start-up with our
+    error (a cheap failing start instead of a full server)."""
+    env = {ENV_VAR: "atom", "ATOM_MESH_OPS": "bogus"}
+    proc = start_vllm(build_tiny_model("qwen3"), env=env, wait=False, name="vllm-atom-env-override")
+    try:
+        with pytest.raises(EngineStartError):
+            proc.wait_http_ready("/health", timeout=900)
+        log = proc.log_text()
+        assert "Resolved architecture: Qwen3ForCausalLM" in log
+        assert "ATOM_MESH_OPS: unknown backend 'bogus'" in log
+    finally:
+        proc.stop()
