@@ -24,7 +24,6 @@ import enum
 import hmac
 from collections.abc import Callable
 
-from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -95,6 +94,24 @@ class Authenticator:
         if not hmac.compare_digest(token.encode(), expected):
             raise AuthError("incorrect API key provided; check the key the router was started with")
 
+    def authorize(self, scope: Scope) -> None:
+        """`check` for an ASGI HTTP scope: its path picks the key; `AuthError` if refused.
+
+        The header is looked up only when the path's scope has a key: an open router pays
+        nothing per request (the inference fast path in router/app.py calls this too).
+        """
+        kind = path_scope(scope["path"])
+        if self._keys.get(kind) is None:
+            return
+        self.check(kind, _authorization(scope))
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name.lower() == b"authorization":
+            return value.decode("latin-1")
+    return None
+
 
 class AuthMiddleware:
     """ASGI middleware applying `Authenticator` to every HTTP request by its path."""
@@ -107,7 +124,7 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             try:
-                self.authenticator.check(path_scope(scope["path"]), Headers(scope=scope).get("authorization"))
+                self.authenticator.authorize(scope)
             except AuthError as err:
                 await self.render_error(err)(scope, receive, send)
                 return

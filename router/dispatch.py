@@ -186,7 +186,7 @@ class Dispatcher:
                 last_error = exc.error
                 self._failed(exc.worker, descriptor)
                 if attempt + 1 < attempts:
-                    self.metrics.retries.labels(request.route, exc.cause).inc()
+                    self.metrics.child(self.metrics.retries, request.route, exc.cause).inc()
                     logger.info(
                         "retrying", extra={"attempt": attempt + 1, "worker": exc.worker.url, "cause": exc.cause}
                     )
@@ -250,12 +250,12 @@ class Dispatcher:
         return Reply(status, content_type, names, body=body)
 
     def _record_placement(self, plan: PlacementPlan) -> None:
-        placements = self.metrics.placements
+        metrics = self.metrics
         if isinstance(plan, Pair):
-            placements.labels("prefill", self.config.policy_for("prefill"), plan.prefill_reason).inc()
-            placements.labels("decode", self.config.policy_for("decode"), plan.decode_reason).inc()
+            metrics.child(metrics.placements, "prefill", self.config.policy_for("prefill"), plan.prefill_reason).inc()
+            metrics.child(metrics.placements, "decode", self.config.policy_for("decode"), plan.decode_reason).inc()
         else:
-            placements.labels("regular", self.config.policy, plan.reason).inc()
+            metrics.child(metrics.placements, "regular", self.config.policy, plan.reason).inc()
 
     def _succeeded(self, plan: PlacementPlan) -> None:
         for worker in plan_workers(plan):
@@ -264,7 +264,7 @@ class Dispatcher:
     def _failed(self, worker: Worker, descriptor: RequestDescriptor) -> None:
         worker.breaker.record_failure(self.clock())
         descriptor.excluded.add(worker.worker_id)
-        self.metrics.upstream_failures.labels(worker.url, worker.role.value).inc()
+        self.metrics.child(self.metrics.upstream_failures, worker.url, worker.role.value).inc()
         logger.warning("upstream failed", extra={"worker": worker.url, "role": worker.role.value})
 
 

@@ -8,6 +8,8 @@ registry by the app: read at scrape time, so they cannot drift from the counters
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -48,6 +50,28 @@ class RouterMetrics:
         self.upstream_failures = Counter(
             "atom_mesh_upstream_failures", "Failed upstream attempts by worker", ["worker", "role"], registry=r
         )
+
+        # `.labels()` validates and locks on every call; the hot path reuses the children.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._done: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached: label values here are bounded (routes, known
+        models, statuses, reasons, registered workers)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def request_done(self, route: str, model: str, status: int, seconds: float) -> None:
+        """Count one finished request and record its latency."""
+        key = (route, model, status)
+        pair = self._done.get(key)
+        if pair is None:
+            pair = self._done[key] = (self.requests.labels(route, model, str(status)), self.latency.labels(route))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
