@@ -38,7 +38,7 @@ from router.config import RouterConfig
 from router.dispatch import Dispatcher, Reply, create_session
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
-from router.placement.planner import Planner, known_models
+from router.placement.planner import Planner
 from router.placement.types import PlacementPlan, RequestDescriptor
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE, PreparedRequest, payload_too_large, prepare_request
 from router.render import (
@@ -247,7 +247,7 @@ class RouterService:
         """A bounded label: only models some worker serves (clients can send any string)."""
         if model is None:
             return "default"
-        return model if model in known_models(self.registry) else "unknown"
+        return model if any(model in w.models for w in self.registry) else "unknown"
 
     # -- other routes ---------------------------------------------------------------------
 
