@@ -8,6 +8,7 @@ HTTP (as Prometheus scrapes by default); TLS covers the API port.
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import uvicorn
 from starlette.applications import Starlette
@@ -36,8 +37,25 @@ def _uvicorn_config(
     )
 
 
+# Young-generation collections per allocation count: CPython's default (700) runs one every
+# few requests here, since each request allocates hundreds of short-lived objects (HTTP
+# client and server, asyncio); measured +10-20% req/s with this value (README, router
+# overhead). Cycles are still collected, only in larger batches.
+_GC_THRESHOLD = (20_000, 50, 100)
+
+
+def _tune_gc() -> None:
+    """Move start-up objects (modules, the app, its config) out of the collector's sight
+    (`gc.freeze`), so full collections scan only what requests create, and collect young
+    objects less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLD)
+
+
 async def _serve(config: RouterConfig) -> None:
     app = create_app(config)
+    _tune_gc()
     main = uvicorn.Server(_uvicorn_config(app, config, config.host, config.port, lifespan="on"))
     if not config.prometheus_port:
         await main.serve()
