@@ -108,3 +108,13 @@ async def test_api_key_guards_inference_but_not_health() -> None:
         listing = await router.http.get(router.url + "/workers", headers={"authorization": "Bearer sekret"})
         assert listing.status == 200
         assert len((await listing.json())["workers"]) == 1
+
+
+async def test_upstream_is_not_asked_for_compressed_bodies() -> None:
+    # The router relays upstream bytes without their content-encoding header, so it must
+    # never invite an engine to compress them.
+    async with upstreams("w1") as (w1,), running_router(make_config(workers=regular(w1.url))) as router:
+        resp = await router.post("/v1/chat/completions", CHAT)
+        assert resp.status == 200
+        (recorded,) = [r for r in w1.requests() if r.path == "/v1/chat/completions"]
+        assert "gzip" not in recorded.headers.get("accept-encoding", "")
