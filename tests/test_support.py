@@ -210,3 +210,22 @@ def test_shared_engine_starts_lazily_and_restarts_after_release() -> None:
         assert engine.starts == 2
     finally:
         engine.release()
+
+
+def test_interrupted_wait_stops_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest-timeout or Ctrl-C firing during start-up must not orphan the server."""
+    import tests.support.processes as processes
+
+    class Interrupted(BaseException):
+        pass
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise Interrupted
+
+    proc = ManagedProcess(["sleep", "600"], name="silent", port=free_port())
+    monkeypatch.setattr(processes.urllib.request, "urlopen", interrupt)
+    with pytest.raises(Interrupted):
+        proc.wait_http_ready(timeout=600)
+    monkeypatch.undo()
+    assert proc.poll() is not None
+    assert processes_in_session(proc.pgid) == []

@@ -113,14 +113,21 @@ class ManagedProcess:
         """Poll `GET url+path` until it answers 200.
 
         Raises `EngineStartError` (with the log tail) if the process exits first or
-        `timeout` seconds pass; engines on a busy 2-core machine can take minutes.
+        `timeout` seconds pass; engines on a busy 2-core machine can take minutes. On any
+        failure, including an interrupt or pytest-timeout firing meanwhile, the process is
+        stopped: the caller never got a ready server to clean up.
         """
-        deadline = time.monotonic() + timeout
-        target = self.url + path
+        try:
+            self._poll_ready(self.url + path, time.monotonic() + timeout, interval)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _poll_ready(self, target: str, deadline: float, interval: float) -> None:
+        started = time.monotonic()
         while True:
             code = self.poll()
             if code is not None:
-                self.stop()  # reap it and any helpers it left in its group
                 raise EngineStartError(
                     f"{self.name} exited with status {code} before {target} was ready.\n"
                     f"command: {' '.join(self.cmd)}\nlog {self.log_path} (tail):\n{self.log_tail()}"
@@ -132,9 +139,8 @@ class ManagedProcess:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             if time.monotonic() > deadline:
-                self.stop()
                 raise EngineStartError(
-                    f"{self.name} not ready at {target} after {timeout:.0f}s (stopped it).\n"
+                    f"{self.name} not ready at {target} after {time.monotonic() - started:.0f}s (stopped it).\n"
                     f"command: {' '.join(self.cmd)}\nlog {self.log_path} (tail):\n{self.log_tail()}"
                 )
             time.sleep(interval)

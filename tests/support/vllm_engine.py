@@ -16,7 +16,8 @@ from tests.support.ports import free_port
 from tests.support.processes import ManagedProcess
 
 # Engines on a shared 2-core machine can take minutes to start, two at a time longer.
-DEFAULT_READY_TIMEOUT = 900.0
+# Below pytest-timeout's 900 s per test, so a slow start fails with the engine's log tail.
+DEFAULT_READY_TIMEOUT = 780.0
 
 
 def vllm_command(
@@ -74,6 +75,12 @@ def start_vllm(
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        # vLLM's default CPU binding ("auto") reserves the last core and pins every
+        # engine's worker to core 0, so a P/D pair on a 2-core machine shares one core.
+        # Unpinned with one OMP thread each (the thread count "auto" picks here too, so
+        # numerics are unchanged), the OS spreads engines over both cores.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": "1",
     }
     full_env.update(env or {})
     proc = ManagedProcess(
