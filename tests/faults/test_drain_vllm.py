@@ -24,21 +24,28 @@ def test_drain_real_vllm_under_load(vllm_colocated: ManagedProcess, tiny_llama: 
         (w,) = router.workers()
         assert w["models"] == [model] and w["state"] == "ready"  # discovered from vLLM's /v1/models
 
-        # ignore_eos: a random-weight model may stop at once; these streams must last.
+        # ignore_eos: a random-weight model may stop at once; these streams must last
+        # (1000 tokens: the context limit is 1024).
         payloads = [
-            {"model": model, "prompt": f"story {i}", "max_tokens": 300, "ignore_eos": True, "stream": True, "temperature": 0}
+            {"model": model, "prompt": f"story {i}", "max_tokens": 1000, "ignore_eos": True, "stream": True, "temperature": 0}
             for i in range(4)
         ]
 
         async def scenario():
             load = asyncio.ensure_future(run_requests(router, payloads, concurrency=4))
-            for _ in range(600):  # bounded: until the requests are in flight on the engine
-                if router.workers()[0]["in_flight_requests"] >= 2:
+            # Bounded: until the streams are in flight on the engine. The admin API is read in
+            # a thread so the event loop keeps reading the streams meanwhile.
+            for _ in range(600):
+                if load.done():
+                    raise AssertionError(f"the streams ended before two ran concurrently: {load.result().outcomes}")
+                (seen,) = await asyncio.to_thread(router.workers)
+                if seen["in_flight_requests"] >= 2:
                     break
                 await asyncio.sleep(0.02)
             else:
-                raise AssertionError("the streams never ran concurrently on the engine")
-            r = router.admin("POST", f"/workers/{w['id']}/drain")
+                load.cancel()
+                raise AssertionError(f"the streams never ran concurrently on the engine: {seen}")
+            r = await asyncio.to_thread(router.admin, "POST", f"/workers/{w['id']}/drain")
             assert r.status_code == 202 and r.json()["in_flight_requests"] >= 1, r.text
             return await load
 
