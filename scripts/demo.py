@@ -1,9 +1,11 @@
 """`make demo`: one real prefill/decode-disaggregated request, end to end, on this machine.
 
-Starts two real vLLM CPU engines on a tiny offline model (prefill and decode, KV moved
-through files by vLLM's in-tree `ExampleConnector`), the atom-mesh router in front of
-them, sends one streaming chat request with the OpenAI SDK, prints the answer and the
-workers the router used, then stops everything (also on Ctrl-C).
+Starts two real vLLM CPU engines on a tiny offline model (prefill and decode, the prompt's
+KV pushed from one to the other by the project's `AtomKVConnector` over Mooncake TCP, or
+written through files by vLLM's in-tree `ExampleConnector` with `--connector example`),
+the atom-mesh router in front of them, sends one streaming chat request with the OpenAI
+SDK, prints the answer, the workers the router used and how many prompt tokens the decode
+engine took as KV from elsewhere, then stops everything (also on Ctrl-C).
 
 It reuses the test suite's process helpers (`tests.support`) on purpose: one way to start
 and stop engines, so the demo and the tests cannot drift apart.
@@ -12,6 +14,7 @@ and stop engines, so the demo and the tests cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -22,14 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.models import build_tiny_model  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 from tests.support.processes import EngineStartError, ManagedProcess  # noqa: E402
 from tests.support.router_process import start_router  # noqa: E402
 from tests.support.vllm_engine import start_vllm  # noqa: E402
 
 SERVED_NAME = "atom-mesh-tiny-llama"
 WORKER_HEADERS = ("x-atom-prefill-worker", "x-atom-decode-worker", "x-atom-worker")
-# ExampleConnector only moves whole KV blocks (128 tokens on CPU) of the prompt, so the
-# prompt must span a few blocks for decode to load KV instead of recomputing it.
+# Connectors move whole KV blocks (128 tokens on CPU) of the prompt, so the prompt spans a
+# few blocks: decode then loads most of its KV instead of recomputing it.
 PROMPT = " ".join(
     [
         "The router sends the prefill request to one worker and the decode request to another.",
@@ -41,12 +45,34 @@ PROMPT = " ".join(
 )
 
 
+def _atom_connector(role: str) -> dict:
+    """AtomKVConnector over Mooncake TCP on loopback; each engine gets a free side-channel port."""
+    return {
+        "kv_connector": "AtomKVConnector",
+        "kv_role": role,
+        "kv_connector_extra_config": {
+            "transport": "mooncake",
+            "protocol": "tcp",
+            "side_channel_host": "127.0.0.1",
+            "side_channel_port": free_port(),
+        },
+    }
+
+
 def _example_connector(kv_dir: Path) -> dict:
     return {
         "kv_connector": "ExampleConnector",
         "kv_role": "kv_both",
         "kv_connector_extra_config": {"shared_storage_path": str(kv_dir)},
     }
+
+
+def _external_kv_tokens(engine: ManagedProcess) -> int:
+    """Prompt tokens whose KV the engine took from a connector (vLLM's own counter)."""
+    import httpx
+
+    text = httpx.get(f"{engine.url}/metrics", timeout=10).text
+    return int(sum(float(v) for v in re.findall(r"^vllm:external_prefix_cache_hits_total\{[^}]*\} (\S+)$", text, re.M)))
 
 
 def _say(msg: str) -> None:
@@ -78,22 +104,28 @@ def _ask(router: ManagedProcess, max_tokens: int) -> dict[str, str]:
     return headers
 
 
-def run(max_tokens: int) -> None:
+def run(max_tokens: int, connector: str) -> None:
     started: list[ManagedProcess] = []
     kv_dir: Path | None = None
     try:
         _say("building the tiny offline model (cached after the first run)")
         model = build_tiny_model("llama")
-        # A fresh directory per run: ExampleConnector keys files by prompt tokens only, so
-        # files left by another run or model could otherwise be loaded as this run's KV.
-        kv_dir = Path(tempfile.mkdtemp(prefix=f"atom-mesh-demo-kv-{model.name}-"))
-        _say(f"starting vLLM prefill and decode engines (KV via {kv_dir}); this takes a minute or two")
+        if connector == "atom":
+            configs = [_atom_connector("kv_producer"), _atom_connector("kv_consumer")]
+            how = "AtomKVConnector, Mooncake TCP on loopback"
+        else:
+            # A fresh directory per run: ExampleConnector keys files by prompt tokens only, so
+            # files left by another run or model could otherwise be loaded as this run's KV.
+            kv_dir = Path(tempfile.mkdtemp(prefix=f"atom-mesh-demo-kv-{model.name}-"))
+            configs = [_example_connector(kv_dir)] * 2
+            how = f"vLLM's ExampleConnector, files in {kv_dir}"
+        _say(f"starting vLLM prefill and decode engines (KV: {how}); this takes a minute or two")
         t0 = time.monotonic()
-        for role in ("prefill", "decode"):
+        for role, kv_config in zip(("prefill", "decode"), configs):
             started.append(
                 start_vllm(
                     model,
-                    kv_transfer_config=_example_connector(kv_dir),
+                    kv_transfer_config=kv_config,
                     extra_args=["--served-model-name", SERVED_NAME],
                     wait=False,
                     name=f"demo-{role}",
@@ -116,9 +148,7 @@ def run(max_tokens: int) -> None:
             _say(f"{name}: {value}")
         if not served_by:
             _say(f"the router set none of {', '.join(WORKER_HEADERS)}: which workers served is unknown")
-        kv_files = sum(1 for p in kv_dir.rglob("*") if p.is_file())
-        hits = decode.log_text().count("External Cache Hit")
-        _say(f"KV handed over: {kv_files} KV files written, decode engine loaded external KV {hits} time(s)")
+        _say(f"KV handed over: the decode engine took {_external_kv_tokens(decode)} prompt tokens' KV from prefill")
     except EngineStartError as err:
         _say(f"a server failed to start:\n{err}")
         raise SystemExit(1)
@@ -137,7 +167,15 @@ def run(max_tokens: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-tokens", type=int, default=24, help="Tokens to generate (default 24).")
-    run(parser.parse_args().max_tokens)
+    parser.add_argument(
+        "--connector",
+        choices=("atom", "example"),
+        default="atom",
+        help="KV connector between the engines: atom (AtomKVConnector over Mooncake TCP, default) "
+        "or example (vLLM's in-tree ExampleConnector, KV through files).",
+    )
+    args = parser.parse_args()
+    run(args.max_tokens, args.connector)
 
 
 if __name__ == "__main__":
