@@ -1,7 +1,7 @@
 # The two commands of the README. Both set themselves up first (idempotent, fast on re-runs).
 PY := .venv/bin/python
 
-.PHONY: setup setup-sglang demo test test-fast test-pd-mooncake clean
+.PHONY: setup setup-sglang demo test test-fast clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,12 +14,8 @@ setup-sglang:
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-# The vllm_mooncake_stall tests are left out: see that marker in pyproject.toml.
 test: setup setup-sglang
-	$(PY) -m pytest -q -rs -m "not vllm_mooncake_stall" $(PYTEST_ARGS)
-
-test-pd-mooncake: setup
-	$(PY) -m pytest -q -rs -m vllm_mooncake_stall $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not engine and not slow" $(PYTEST_ARGS)

@@ -21,7 +21,7 @@ from tests.support.ports import free_port
 from tests.support.router_process import start_router
 from tests.support.vllm_engine import start_vllm
 
-pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.vllm_mooncake_stall]
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 MAX_TOKENS = 8
 # 1 token up to several 128-token CPU blocks, with block-boundary cases.

@@ -20,7 +20,7 @@ from tests.support.models import build_tiny_model
 from tests.support.ports import free_port
 from tests.support.vllm_engine import start_vllm
 
-pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.vllm_mooncake_stall]
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 ARCH = "AtomQwen3MoeForCausalLM"
 MAX_TOKENS = 8

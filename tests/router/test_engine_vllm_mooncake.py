@@ -24,7 +24,7 @@ from tests.support.router_process import start_router
 from tests.support.vllm_engine import DEFAULT_READY_TIMEOUT, start_vllm
 
 # The first test also pays for starting the reference engine and the pair.
-pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.vllm_mooncake_stall, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SHIM = Path(__file__).resolve().parents[1] / "support" / "vllm_mooncake_cpu"
 
