@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: Debian packages the engines need, a venv under
+# Idempotent set-up for a fresh machine: Debian packages the engines and benchmarks need, a venv under
 # the repo (.venv) and the package installed editable with the extras the suite uses.
 # Re-runs are fast: a stamp file keyed on pyproject.toml skips the pip step.
 set -euo pipefail
@@ -8,8 +8,10 @@ VENV=${ATOM_MESH_VENV:-.venv}
 PY=${PYTHON:-python3}
 EXTRAS=${ATOM_MESH_EXTRAS:-vllm,dev,mooncake,bench}
 
+# libibverbs1/librdmacm1/libnuma1: the Mooncake transfer engine; wrk and nginx: the
+# router-overhead benchmark (a load generator and a backend faster than any router).
 need_debs=()
-for deb in libibverbs1 librdmacm1 libnuma1; do
+for deb in libibverbs1 librdmacm1 libnuma1 wrk nginx; do
   dpkg -s "$deb" >/dev/null 2>&1 || need_debs+=("$deb")
 done
 if [ ${#need_debs[@]} -gt 0 ]; then
