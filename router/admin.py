@@ -1,6 +1,6 @@
 """Admin HTTP API for workers: add, list, inspect, remove, drain.
 
-    POST   /workers              {"url", "role", "bootstrap_port", "model", "labels", "wait"}
+    POST   /workers              {"url", "role", "bootstrap_port", "model", "labels", "kv_events_endpoint", "wait"}
                                  -> 202 + worker (pending; comes up in the background), or
                                     with "wait": true 201 once ready / 503 if it failed
     GET    /workers              -> 200 {"workers": [worker, ...]}
@@ -34,7 +34,7 @@ from router.config import WorkerSpec
 from router.workers.lifecycle import WorkerManager, WorkerRequestError, WorkerStartFailedError
 from router.workers.worker import Worker, WorkerState
 
-_SPEC_FIELDS = {"url", "role", "bootstrap_port", "model", "labels", "wait"}
+_SPEC_FIELDS = {"url", "role", "bootstrap_port", "model", "labels", "kv_events_endpoint", "wait"}
 
 
 def worker_json(worker: Worker, manager: WorkerManager) -> dict[str, Any]:
@@ -49,6 +49,7 @@ def worker_json(worker: Worker, manager: WorkerManager) -> dict[str, Any]:
         "models": sorted(worker.models),
         "bootstrap_port": worker.bootstrap_port,
         "labels": worker.labels,
+        "kv_events_endpoint": worker.kv_events_endpoint,
         "in_flight_requests": worker.in_flight_requests,
         "in_flight_tokens": worker.in_flight_tokens,
         "breaker": {
@@ -76,6 +77,7 @@ def parse_worker_spec(body: Any) -> tuple[WorkerSpec, bool]:
     port = body.get("bootstrap_port")
     model = body.get("model")
     labels = body.get("labels", {})
+    kv_events = body.get("kv_events_endpoint")
     wait = body.get("wait", False)
     if not isinstance(role, str):
         raise WorkerRequestError("field 'role' must be a string: regular, prefill or decode")
@@ -85,9 +87,12 @@ def parse_worker_spec(body: Any) -> tuple[WorkerSpec, bool]:
         raise WorkerRequestError("field 'model' must be a string or null")
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise WorkerRequestError("field 'labels' must be an object of string values")
+    if kv_events is not None and not isinstance(kv_events, str):
+        raise WorkerRequestError("field 'kv_events_endpoint' must be a string such as \"tcp://host:5557\" or null")
     if not isinstance(wait, bool):
         raise WorkerRequestError("field 'wait' must be true or false")
-    return WorkerSpec(url=url, role=role, bootstrap_port=port, model=model, labels=labels), wait
+    spec = WorkerSpec(url=url, role=role, bootstrap_port=port, model=model, labels=labels, kv_events_endpoint=kv_events)
+    return spec, wait
 
 
 def _json(data: Any, status: int = 200) -> Response:

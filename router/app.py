@@ -36,10 +36,12 @@ from router.admission import AdmissionCollector, AdmissionController, AdmissionR
 from router.auth import AuthError, Authenticator, AuthMiddleware
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, Reply, create_session
+from router.kv_events import KVEventFeed
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
 from router.placement.planner import Planner
 from router.placement.types import PlacementPlan, RequestDescriptor
+from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE, PreparedRequest, payload_too_large, prepare_request
 from router.render import (
     SSE_CONTENT_TYPE,
@@ -71,11 +73,19 @@ class RouterService:
         self.admission = AdmissionController(config.admission)
         self.tokenizer = load_tokenizer(config.tokenizer_path)
         rng = random.Random(config.seed)
-        self.planner = Planner.from_config(config, rng)
+        # The engines' KV events feed one index, read by every kv_aware pool.
+        kv_index = KVBlockIndex() if config.uses_policy("kv_aware") else None
+        self.planner = Planner.from_config(config, rng, kv_index)
         self.registry.on_removed(self.planner.on_worker_removed)
         self.manager = WorkerManager(config, self.registry)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
+        self.kv_events: KVEventFeed | None = None
+        if kv_index is not None:
+            self.kv_events = KVEventFeed(kv_index, config.kv_events_port)
+            self.registry.on_removed(self.kv_events.unsubscribe)
+            self.manager.add_registration_hook(self.kv_events.subscribe)
+            self.metrics.registry.register(self.kv_events)
         self._rng = rng
         self.session: aiohttp.ClientSession | None = None
         self.adapter: Adapter | None = None
@@ -102,6 +112,8 @@ class RouterService:
             evictor.cancel()
             await asyncio.gather(evictor, return_exceptions=True)
             await self.manager.stop()
+            if self.kv_events is not None:
+                await self.kv_events.stop()
             await self.session.close()
 
     async def _evict_forever(self) -> None:

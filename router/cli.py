@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prefill worker URL and optional bootstrap port ('none' or omitted: none). Repeatable.",
     )
     g.add_argument("--decode", nargs=1, action="append", default=[], metavar="URL", help="Decode worker URL. Repeatable.")
-    g.add_argument("--config-file", default=None, help="JSON file with a 'workers' list (url, role, bootstrap_port, model, labels).")
+    g.add_argument(
+        "--config-file",
+        default=None,
+        help="JSON file with a 'workers' list (url, role, bootstrap_port, model, labels, kv_events_endpoint).",
+    )
     g.add_argument("--worker-startup-timeout-secs", type=float, default=1800)
     g.add_argument("--worker-startup-check-interval", type=float, default=30)
 
@@ -69,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hash-load-factor", type=float, default=1.25, help="Bounded-load factor for prefix_hash / consistent_hashing.")
     r.add_argument("--max-sessions", type=int, default=2**20, help="Session-affinity entries kept (least recently used dropped).")
     r.add_argument("--tokenizer-path", default=None, help="Tokenizer dir or tokenizer.json for token-level routing keys.")
+    r.add_argument(
+        "--kv-events-port",
+        type=int,
+        default=None,
+        help="kv_aware: read each worker's KV events (vLLM --kv-events-config, ZMQ) from tcp://<worker host>:PORT "
+        "unless the worker names its own kv_events_endpoint (config file / admin API).",
+    )
+    r.add_argument("--kv-overlap-weight", type=float, default=1.0, help="kv_aware: weight of the cached-prefix score.")
+    r.add_argument("--kv-load-weight", type=float, default=0.5, help="kv_aware: weight of the load score.")
 
     q = p.add_argument_group("Requests, admission and security")
     q.add_argument("--request-timeout-secs", type=float, default=1800)
@@ -159,6 +172,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
             prefix_key_length=args.prefix_key_length,
             hash_load_factor=args.hash_load_factor,
             max_sessions=args.max_sessions,
+            kv_overlap_weight=args.kv_overlap_weight,
+            kv_load_weight=args.kv_load_weight,
         ),
         retry=RetryConfig(
             max_retries=args.retry_max_retries,
@@ -199,6 +214,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         tls_key_path=args.tls_key_path,
         request_id_headers=[h.lower() for h in args.request_id_headers],
         tokenizer_path=args.tokenizer_path,
+        kv_events_port=args.kv_events_port,
         prometheus_host=args.prometheus_host,
         prometheus_port=args.prometheus_port,
         log_level=args.log_level,

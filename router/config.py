@@ -15,6 +15,7 @@ POLICIES = (
     "prefix_hash",
     "consistent_hashing",
     "session",
+    "kv_aware",
 )
 
 
@@ -27,6 +28,8 @@ class WorkerSpec:
     bootstrap_port: int | None = None
     model: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # ZMQ endpoint of the engine's KV events (vLLM --kv-events-config), for kv_aware.
+    kv_events_endpoint: str | None = None
 
 
 @dataclass
@@ -45,6 +48,9 @@ class PolicyConfig:
     prefix_key_length: int = 256
     # Sticky sessions remembered by the session policy (least recently used forgotten first).
     max_sessions: int = 2**20
+    # kv_aware: weights of the prefix score and the load score (both in [0, 1]).
+    kv_overlap_weight: float = 1.0
+    kv_load_weight: float = 0.5
 
 
 @dataclass
@@ -111,6 +117,9 @@ class RouterConfig:
     request_id_headers: list[str] = field(default_factory=lambda: ["x-request-id"])
     # Tokenizer (a local directory or tokenizer.json) for token-level routing keys.
     tokenizer_path: str | None = None
+    # kv_aware: subscribe to tcp://<worker host>:<this port> for workers that name no
+    # kv_events_endpoint of their own (vLLM publishes on 5557 by default).
+    kv_events_port: int | None = None
     prometheus_host: str | None = None
     prometheus_port: int | None = None
     log_level: str = "warning"
@@ -124,3 +133,6 @@ class RouterConfig:
         if role == "decode" and self.decode_policy:
             return self.decode_policy
         return self.policy
+
+    def uses_policy(self, name: str) -> bool:
+        return name in {self.policy_for(role) for role in ("regular", "prefill", "decode")}

@@ -25,6 +25,7 @@ from router.placement.types import (
     UnknownModelError,
 )
 from router.policies.base import Policy, Selection
+from router.policies.kv_block_index import KVBlockIndex
 from router.policies.registry import create_policy
 from router.workers.worker import Role, Worker, WorkerState
 
@@ -51,10 +52,10 @@ class Planner:
         }
 
     @classmethod
-    def from_config(cls, config: RouterConfig, rng: random.Random) -> Planner:
+    def from_config(cls, config: RouterConfig, rng: random.Random, kv_index: KVBlockIndex | None = None) -> Planner:
         """Policies named by `--policy` / `--prefill-policy` / `--decode-policy`."""
         def build(role: Role) -> Policy:
-            return create_policy(config.policy_for(role.value), config.policy_config, rng)
+            return create_policy(config.policy_for(role.value), config.policy_config, rng, kv_index)
 
         return cls(
             regular_policy=build(Role.REGULAR),

@@ -130,6 +130,10 @@ def validate_spec(spec: WorkerSpec, pd_disaggregation: bool) -> Role:
         raise WorkerRequestError(f"role {role.value!r} needs a router started with --pd-disaggregation")
     if spec.bootstrap_port is not None and not (0 < spec.bootstrap_port < 65536):
         raise WorkerRequestError(f"bootstrap_port {spec.bootstrap_port} is not a TCP port (1-65535)")
+    if spec.kv_events_endpoint is not None and not spec.kv_events_endpoint.startswith(("tcp://", "ipc://")):
+        raise WorkerRequestError(
+            f"kv_events_endpoint {spec.kv_events_endpoint!r} must be a ZMQ endpoint such as tcp://host:5557"
+        )
     return role
 
 
@@ -215,6 +219,7 @@ class WorkerManager:
             role=role,
             models=frozenset([spec.model]) if spec.model else frozenset(),
             bootstrap_port=spec.bootstrap_port,
+            kv_events_endpoint=spec.kv_events_endpoint,
             labels=dict(spec.labels),
             state=WorkerState.PENDING,
             breaker=CircuitBreaker.from_config(self.config.circuit_breaker),

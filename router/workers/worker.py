@@ -45,6 +45,8 @@ class Worker:
     models: frozenset[str] = frozenset()
     bootstrap_port: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Where the engine publishes its KV events (ZMQ), if the router should listen.
+    kv_events_endpoint: str | None = None
     worker_id: str = ""
     state: WorkerState = WorkerState.READY
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)

@@ -95,6 +95,8 @@ async def test_duplicate_is_409(admin, endpoint):
         (b'{"url": "http://h:1", "wait": "yes"}', "wait"),
         (b'{"url": "http://h:1", "role": "prefill"}', "--pd-disaggregation"),
         (b'{"url": "ftp://h:1"}', "http://host:port"),
+        (b'{"url": "http://h:1", "kv_events_endpoint": 5557}', "kv_events_endpoint"),
+        (b'{"url": "http://h:1", "kv_events_endpoint": "h:5557"}', "tcp://host:5557"),
     ],
 )
 async def test_bad_bodies_are_400_with_openai_error(admin, body, match):
@@ -109,6 +111,9 @@ async def test_bad_bodies_are_400_with_openai_error(admin, body, match):
 def test_parse_worker_spec_defaults():
     spec, wait = parse_worker_spec({"url": "http://h:1"})
     assert (spec.role, spec.bootstrap_port, spec.model, spec.labels, wait) == ("regular", None, None, {}, False)
+    assert spec.kv_events_endpoint is None
+    spec, _ = parse_worker_spec({"url": "http://h:1", "kv_events_endpoint": "tcp://h:5557"})
+    assert spec.kv_events_endpoint == "tcp://h:5557"
     with pytest.raises(WorkerRequestError):
         parse_worker_spec({"url": "http://h:1", "model": 3})
 

@@ -11,6 +11,7 @@ from router.config import POLICIES, PolicyConfig
 from router.placement.types import RequestDescriptor
 from router.policies.cache_aware import CacheAwarePolicy
 from router.policies.consistent_hash import ConsistentHashPolicy
+from router.policies.kv_block_index import KVBlockIndex
 from router.policies.least_load import LeastLoadPolicy
 from router.policies.power_of_two import PowerOfTwoPolicy
 from router.policies.random_policy import RandomPolicy
@@ -41,7 +42,7 @@ def picks(policy, workers, requests) -> list[Worker]:
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_every_configured_name_builds_a_working_policy(name: str) -> None:
-    policy = create_policy(name, PolicyConfig(), random.Random(0))
+    policy = create_policy(name, PolicyConfig(), random.Random(0), KVBlockIndex())
     assert policy.name == name
     workers = make_workers(3)
     selection = policy.select_worker(workers, req("hello", session="s"))

@@ -1,0 +1,188 @@
+"""Subscribe to the engines' KV events and keep the router's `KVBlockIndex` current.
+
+vLLM publishes KV cache changes when started with
+`--kv-events-config '{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557"}'`
+(the simulator with `--kv-events`): a ZMQ PUB socket sends multipart
+`(topic, seq as 8-byte big-endian, msgpack payload)`, the payload an array
+`[ts, events, dp_rank?]`, each event a map tagged by `"type"`: `BlockStored`,
+`BlockRemoved` or `AllBlocksCleared`. One SUB socket per worker feeds the index.
+
+Where a worker's events come from: the `kv_events_endpoint` it was registered with, else
+tcp://<worker host>:<--kv-events-port>, else what the engine says itself: vLLM serves its
+publisher settings at `GET /kv_event_sources` (`{"0": {"endpoint": "tcp://*:5557", ...}}`
+per data-parallel rank; a wildcard host means the worker's own host).
+
+A gap in the sequence numbers means events were lost (PUB drops when a subscriber lags):
+the worker's entries can no longer be trusted, so they are cleared and rebuilt from the
+events that follow. A stale entry would send requests to a worker that lacks the prefix;
+a missing one only costs a cache hit. Blocks stored before the subscription began are
+not known until the engine stores them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+import zmq
+import zmq.asyncio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from router.policies.kv_block_index import KVBlockIndex
+from router.workers.worker import Worker
+
+logger = logging.getLogger("atom_mesh.kv_events")
+
+
+def apply_batch(index: KVBlockIndex, worker_id: str, payload: bytes) -> Counter[str]:
+    """Decode one published batch and apply its events; returns the events seen by type.
+
+    Raises ValueError for a payload that is not a KV event batch.
+    """
+    try:
+        batch = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not msgpack: {exc}") from None
+    if not isinstance(batch, list) or len(batch) < 2 or not isinstance(batch[1], list):
+        raise ValueError("not a [ts, events, ...] batch")
+    seen: Counter[str] = Counter()
+    for event in batch[1]:
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "BlockStored":
+            index.stored(
+                worker_id,
+                event["block_hashes"],
+                event.get("parent_block_hash"),
+                event["token_ids"],
+                event["block_size"],
+                event.get("medium"),
+            )
+        elif kind == "BlockRemoved":
+            index.removed(worker_id, event["block_hashes"], event.get("medium"))
+        elif kind == "AllBlocksCleared":
+            index.cleared(worker_id)
+        else:
+            kind = "unknown"
+        seen[kind] += 1
+    return seen
+
+
+class KVEventFeed:
+    """One subscription per worker that has a KV events endpoint.
+
+    Wiring: `subscribe` is a worker registration hook, `unsubscribe` a registry removal
+    listener, and the feed is a Prometheus collector (indexed blocks, events by type).
+    """
+
+    def __init__(self, index: KVBlockIndex, default_port: int | None = None) -> None:
+        self.index = index
+        self._default_port = default_port
+        self._ctx = zmq.asyncio.Context()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._events: dict[str, Counter[str]] = {}
+
+    async def endpoint_for(self, worker: Worker, session: aiohttp.ClientSession | None) -> str | None:
+        """Where `worker` publishes its KV events (see the module docstring), or None."""
+        if worker.kv_events_endpoint:
+            return worker.kv_events_endpoint
+        host = urlsplit(worker.url).hostname or worker.host
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        if self._default_port is not None:
+            return f"tcp://{host}:{self._default_port}"
+        if session is None:
+            return None
+        try:
+            async with session.get(f"{worker.url}/kv_event_sources", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                sources = await r.json() if r.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            sources = None
+        first = sources.get("0") if isinstance(sources, dict) else None
+        endpoint = first.get("endpoint") if isinstance(first, dict) else None
+        if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
+            return None
+        return endpoint.replace("tcp://*:", f"tcp://{host}:", 1)
+
+    async def subscribe(self, worker: Worker, session: aiohttp.ClientSession | None = None) -> None:
+        """Registration hook: start listening to `worker`'s KV events, if it publishes any."""
+        if worker.worker_id in self._tasks:
+            return
+        endpoint = await self.endpoint_for(worker, session)
+        if endpoint is None:
+            logger.info("worker publishes no KV events; kv_aware places it by load", extra={"worker": worker.worker_id})
+            return
+        if worker.worker_id in self._tasks:  # a concurrent registration got there first
+            return
+        self._events[worker.worker_id] = Counter()
+        self._tasks[worker.worker_id] = asyncio.create_task(
+            self._listen(worker.worker_id, endpoint), name=f"kv-events-{worker.worker_id}"
+        )
+        logger.info("subscribed to KV events", extra={"worker": worker.worker_id, "endpoint": endpoint})
+
+    def unsubscribe(self, worker: Worker) -> None:
+        task = self._tasks.pop(worker.worker_id, None)
+        if task is not None:
+            task.cancel()
+        self._events.pop(worker.worker_id, None)
+        self.index.cleared(worker.worker_id)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Closes the sockets of listeners cancelled by `unsubscribe` that have not run their
+        # cleanup yet too; a plain term() would wait for them forever.
+        self._ctx.destroy(linger=0)
+
+    async def _listen(self, worker_id: str, endpoint: str) -> None:
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(endpoint)
+        last_seq: int | None = None
+        try:
+            while True:
+                frames = await sock.recv_multipart()
+                if len(frames) != 3:
+                    logger.warning("KV events: ignoring a message of %d frames from %s", len(frames), endpoint)
+                    continue
+                _topic, seq_bytes, payload = frames
+                seq = int.from_bytes(seq_bytes, "big", signed=True)
+                if last_seq is not None and seq != last_seq + 1:
+                    logger.warning(
+                        "KV events from %s skipped from seq %d to %d; forgetting worker %s's blocks until they are stored again",
+                        endpoint,
+                        last_seq,
+                        seq,
+                        worker_id,
+                    )
+                    self.index.cleared(worker_id)
+                last_seq = seq
+                try:
+                    self._events[worker_id].update(apply_batch(self.index, worker_id, payload))
+                except (ValueError, KeyError, TypeError) as exc:
+                    logger.warning("KV events: dropping a malformed batch from %s: %s", endpoint, exc)
+        finally:
+            sock.close()
+
+    # -- Prometheus collector ---------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        blocks = GaugeMetricFamily(
+            "atom_mesh_kv_indexed_blocks", "KV blocks a worker holds, as its KV events report them.", labels=["worker_id"]
+        )
+        events = CounterMetricFamily(
+            "atom_mesh_kv_events", "KV events received, by worker and type.", labels=["worker_id", "type"]
+        )
+        for worker_id, seen in list(self._events.items()):
+            blocks.add_metric([worker_id], self.index.block_count(worker_id))
+            for kind, count in seen.items():
+                events.add_metric([worker_id, kind], count)
+        yield from (blocks, events)

@@ -1,0 +1,87 @@
+"""The router's KV event feed over real ZMQ sockets, against a publisher that speaks
+vLLM's wire format (the simulator's): events reach the index, a sequence gap clears the
+worker's entries, malformed batches are dropped, removal forgets the worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import msgspec
+
+from engine_sim.kv_cache import BlockRemoved, BlockStored
+from engine_sim.kv_events import KVEventPublisher
+from router.kv_events import KVEventFeed, apply_batch
+from router.policies.kv_block_index import KVBlockIndex
+from router.workers.worker import Worker
+
+BS = 4
+PROMPT = list(range(100, 112))  # 3 blocks
+
+
+async def until(what: str, predicate: Callable[[], bool], publish: Callable[[], None] | None = None) -> None:
+    """Bounded wait (a SUB socket joins a moment after connect: early messages are lost,
+    so `publish` is repeated until the subscriber sees it)."""
+    for _ in range(250):
+        if publish is not None:
+            publish()
+        await asyncio.sleep(0.02)
+        if predicate():
+            return
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_feed_indexes_published_blocks_and_forgets_on_gap_and_removal() -> None:
+    pub = KVEventPublisher("127.0.0.1", block_size=BS)
+    index = KVBlockIndex()
+    feed = KVEventFeed(index)
+    worker = Worker("http://127.0.0.1:9", worker_id="w1", kv_events_endpoint=pub.endpoint)
+    try:
+        await feed.subscribe(worker)
+        await feed.subscribe(worker)  # idempotent: one subscription per worker
+        stored = BlockStored([11, 12, 13], None, PROMPT)
+        await until("blocks indexed", lambda: index.block_count("w1") == 3, lambda: pub.publish([stored]))
+        assert index.matched_blocks(PROMPT, ["w1"]) == ({"w1": 3}, 3)
+
+        pub.publish([BlockRemoved([13])])
+        await until("block removed", lambda: index.block_count("w1") == 2)
+
+        # Lost events (seq jumps): the worker's blocks are forgotten, then rebuilt from what follows.
+        pub._seq += 5
+        pub.publish([BlockStored([21], None, [7, 7, 7, 7])])
+        await until("gap cleared the worker", lambda: index.block_count("w1") == 1)
+        assert index.matched_blocks(PROMPT, ["w1"])[0] == {"w1": 0}
+
+        text = b"".join(m for metric in feed.collect() for m in [str(metric).encode()])
+        assert b"atom_mesh_kv_indexed_blocks" in text and b"BlockStored" in text
+
+        feed.unsubscribe(worker)
+        assert index.block_count("w1") == 0
+    finally:
+        await feed.stop()
+        await pub.close()
+
+
+def test_apply_batch_reads_vllm_events_and_refuses_garbage() -> None:
+    index = KVBlockIndex()
+    batch = [
+        1.0,
+        [
+            {"type": "BlockStored", "block_hashes": [b"\x01", b"\x02"], "parent_block_hash": None,
+             "token_ids": PROMPT[:8], "block_size": BS, "lora_id": None, "medium": "GPU"},
+            {"type": "BlockRemoved", "block_hashes": [b"\x02"], "medium": "GPU"},
+            {"type": "SomethingNew"},
+        ],
+        0,
+    ]
+    seen = apply_batch(index, "w1", msgspec.msgpack.encode(batch))
+    assert seen == {"BlockStored": 1, "BlockRemoved": 1, "unknown": 1}
+    assert index.matched_blocks(PROMPT, ["w1"])[0] == {"w1": 1}
+    apply_batch(index, "w1", msgspec.msgpack.encode([2.0, [{"type": "AllBlocksCleared"}]]))
+    assert index.block_count("w1") == 0
+    for garbage in (b"\xc1", msgspec.msgpack.encode({"not": "a batch"})):
+        try:
+            apply_batch(index, "w1", garbage)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {garbage!r}")
