@@ -23,14 +23,14 @@ from benchmarks.loadgen import run_trace, summarize
 from benchmarks.processes import RouterUnderTest, SimFleetProcess, parse_router
 from benchmarks.report import format_table, machine_info, plot_ttft, write_json
 from benchmarks.workloads import Workload, generated_shared_prefix, kv_pressure, multi_turn_chat
+from router.config import POLICIES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure")
-ATOM_POLICIES = ("random", "round_robin", "power_of_two", "least_load", "cache_aware", "prefix_hash", "consistent_hashing", "session")
 PEERS = ("sglang-router:cache_aware", "sglang-router:round_robin", "vllm-router:cache_aware")
 PRESETS = {
-    "full": tuple(f"atom:{p}" for p in ATOM_POLICIES) + PEERS,
-    "quick": ("atom:round_robin", "atom:cache_aware") + PEERS,
+    "full": tuple(f"atom:{p}" for p in POLICIES) + PEERS,
+    "quick": ("atom:round_robin", "atom:cache_aware", "atom:kv_aware") + PEERS,
 }
 
 
@@ -80,7 +80,8 @@ def run_one(router: RouterUnderTest, workload: Workload, opts: Options) -> dict[
     reason = router.unavailable_reason(opts.pd_protocol)
     if reason:
         return {"router": router.label, "skipped": reason}
-    fleet = SimFleetProcess(opts.workers, opts.sim_args, pd_protocol=opts.pd_protocol)
+    sim_args = [*opts.sim_args, "--kv-events"] if router.reads_kv_events else opts.sim_args
+    fleet = SimFleetProcess(opts.workers, sim_args, pd_protocol=opts.pd_protocol)
     try:
         proc = router.start(fleet)
         try:

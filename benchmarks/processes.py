@@ -7,6 +7,7 @@ than keep a second copy.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from benchmarks.workloads import vocabulary
+from engine_sim.tokenizer import tokenizer_json
 from tests.support.ports import free_port
 from tests.support.processes import ManagedProcess
 
@@ -117,11 +120,18 @@ class RouterUnderTest:
             return None
         return f"unknown router kind {self.kind!r}"
 
+    @property
+    def reads_kv_events(self) -> bool:
+        """Our kv_aware policy: the fleet must publish KV events (`--kv-events`)."""
+        return self.kind == "atom" and self.policy == "kv_aware"
+
     def command(self, port: int, fleet: Upstreams, prometheus_port: int) -> list[str]:
         common = ["--host", "127.0.0.1", "--port", str(port), "--policy", self.policy]
         common += self._worker_flags(fleet)
         if self.kind == "atom":
-            return [sys.executable, "-m", "router", *common, "--log-level", "warning"]
+            # kv_aware matches the engines' blocks by token ids: tokenize as the simulator does.
+            tokenizer = ["--tokenizer-path", str(_sim_tokenizer_file())] if self.reads_kv_events else []
+            return [sys.executable, "-m", "router", *common, *tokenizer, "--log-level", "warning"]
         # Each Rust router gets its own metrics port: the default 29000 clashes between them.
         prom = ["--prometheus-port", str(prometheus_port), "--prometheus-host", "127.0.0.1"]
         if self.kind == "sglang-router":
@@ -152,6 +162,20 @@ class RouterUnderTest:
             proc.stop(grace=5.0)
             raise
         return proc
+
+
+@functools.cache
+def _sim_tokenizer_file() -> Path:
+    """A tokenizer.json equivalent to the simulator's tokenizer over the workloads' words
+    (written once per run; the directory goes when the process exits)."""
+    directory = tempfile.TemporaryDirectory(prefix="atom-mesh-sim-tokenizer-")
+    _keep.append(directory)
+    path = Path(directory.name) / "tokenizer.json"
+    path.write_text(json.dumps(tokenizer_json(vocabulary())))
+    return path
+
+
+_keep: list[tempfile.TemporaryDirectory[str]] = []
 
 
 def _vllm_router_binary() -> str | None:

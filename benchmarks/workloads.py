@@ -49,8 +49,16 @@ def poisson_arrivals(n: int, rate: float, rng: random.Random) -> list[float]:
     return times
 
 
+VOCABULARY_SIZE = 100_000
+
+
+def vocabulary() -> list[str]:
+    """Every word `random_text` can produce."""
+    return [f"w{i}" for i in range(VOCABULARY_SIZE)]
+
+
 def random_text(rng: random.Random, n_words: int) -> str:
-    return " ".join(f"w{rng.randrange(100_000)}" for _ in range(n_words))
+    return " ".join(f"w{rng.randrange(VOCABULARY_SIZE)}" for _ in range(n_words))
 
 
 def generated_shared_prefix(

@@ -198,6 +198,7 @@ class SimWorker:
         app.router.add_get("/get_server_info", self._server_info)
         app.router.add_get("/server_info", self._server_info)
         app.router.add_get("/get_model_info", self._model_info)
+        app.router.add_get("/kv_event_sources", self._kv_event_sources)
         app.router.add_get("/version", self._version)
         app.router.add_get("/sim/info", self._sim_info)
         app.router.add_get("/sim/stats", self._sim_stats)
@@ -404,6 +405,13 @@ class SimWorker:
     async def _metrics(self, request: web.Request) -> web.Response:
         text = render_metrics(self.model, self.engine_id, self.snapshot())
         return web.Response(text=text, content_type="text/plain")
+
+    async def _kv_event_sources(self, request: web.Request) -> web.Response:
+        """vLLM's publisher settings per data-parallel rank ({} without --kv-events)."""
+        if self._publisher is None:
+            return _json({})
+        endpoints = {"endpoint": self._publisher.endpoint, "replay_endpoint": self._publisher.replay_endpoint}
+        return _json({"0": {"enable_kv_cache_events": True, "publisher": "zmq", "topic": "", **endpoints}})
 
     async def _server_info(self, request: web.Request) -> web.Response:
         return _json(

@@ -16,7 +16,7 @@ import hashlib
 import random
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 OUTPUT_WORDS: tuple[str, ...] = tuple(
@@ -76,3 +76,22 @@ def output_words(token_ids: Sequence[int], count: int) -> list[str]:
 
 def word_ids(words: Sequence[str]) -> list[int]:
     return [zlib.crc32(w.encode()) for w in words]
+
+
+def tokenizer_json(words: Iterable[str]) -> dict[str, Any]:
+    """A Hugging Face `tokenizer.json` (word-level, whitespace split) that gives `words`
+    the ids `tokenize` gives them, so a router with `--tokenizer-path` computes the same
+    token ids as the simulator (for prompts made of `words` and the output words)."""
+    vocab = {w: zlib.crc32(w.encode()) for w in (*words, *OUTPUT_WORDS)}
+    vocab.setdefault("<unk>", 0)
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }

@@ -19,7 +19,7 @@ from benchmarks.workloads import generated_shared_prefix
 
 pytestmark = pytest.mark.slow
 
-ROUTERS = ["atom:round_robin", "atom:cache_aware", "sglang-router:cache_aware", "vllm-router:cache_aware"]
+ROUTERS = ["atom:round_robin", "atom:cache_aware", "atom:kv_aware", "sglang-router:cache_aware", "vllm-router:cache_aware"]
 
 
 def test_compare_routers_on_a_tiny_trace(tmp_path: Path):

@@ -85,3 +85,58 @@ def test_apply_batch_reads_vllm_events_and_refuses_garbage() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {garbage!r}")
+
+
+def test_kv_aware_router_over_a_simulated_fleet_routes_text_prompts_to_their_holder(tmp_path) -> None:
+    """Router process + simulator process: the router finds each worker's publisher at
+    `GET /kv_event_sources`, tokenizes text prompts with `--tokenizer-path` exactly as the
+    simulator does, and sends a prompt whose prefix a worker cached to that worker."""
+    import json
+    import random
+    import time
+
+    import httpx
+
+    from benchmarks.workloads import random_text, vocabulary
+    from engine_sim.tokenizer import tokenizer_json
+    from tests.faults.harness import MODEL, launch_router, start_fleet
+
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text(json.dumps(tokenizer_json(vocabulary())))
+    fleet = start_fleet(tmp_path, "--regular", "3", "--kv-events", "--block-size", "16")
+    router = None
+    try:
+        router = launch_router(
+            "--policy", "kv_aware", "--tokenizer-path", str(tokenizer), "--worker-urls", *fleet.urls(),
+            "--worker-startup-check-interval", "0.2", request_timeout=30,
+        )
+        router.wait_all_ready()
+        ids = {w["url"]: w["id"] for w in router.workers()}
+
+        def blocks(worker_id: str) -> float:
+            text = httpx.get(f"{router.url}/metrics", timeout=10).text
+            line = next((x for x in text.splitlines() if x.startswith(f'atom_mesh_kv_indexed_blocks{{worker_id="{worker_id}"}}')), None)
+            return float(line.split()[-1]) if line else 0.0
+
+        def complete(prompt: str) -> str:
+            r = httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2}, timeout=30)
+            assert r.status_code == 200, r.text
+            return r.headers["x-atom-worker"]
+
+        rng = random.Random(3)
+        for _ in range(3):  # three prefixes, each 4 blocks of 16 words
+            prefix = random_text(rng, 64)
+            before = {url: blocks(wid) for url, wid in ids.items()}
+            holder = complete(prefix)
+            for _ in range(200):  # bounded: until the holder's events reached the router
+                if blocks(ids[holder]) >= before[holder] + 4:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"the router never indexed {holder}'s blocks")
+            for _ in range(3):
+                assert complete(f"{prefix} {random_text(rng, 5)}") == holder
+    finally:
+        if router is not None:
+            router.stop()
+        fleet.stop()
