@@ -40,7 +40,7 @@ from benchmarks.kv_transfer import format_table as transfer_table  # noqa: E402
 from benchmarks.kv_transfer import run as transfer_run  # noqa: E402
 from tests.support.models import build_tiny_model  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
-from tests.support.vllm_engine import start_vllm  # noqa: E402
+from tests.support.vllm_engine import atom_kv_transfer_config, start_vllm  # noqa: E402
 
 TIMEOUT = aiohttp.ClientTimeout(total=600)
 CPU_SHIM = REPO / "tests" / "support" / "vllm_mooncake_cpu"
@@ -55,10 +55,7 @@ class Pair:
         env = {}
         if name == "atom":
             port = free_port()
-            def cfg(role: str) -> dict:
-                return {"kv_connector": "AtomKVConnector", "kv_role": role, "kv_connector_extra_config": {
-                    "transport": "mooncake", "protocol": "tcp", "side_channel_host": "127.0.0.1", "side_channel_port": port}}
-            p_cfg, d_cfg = cfg("kv_producer"), cfg("kv_consumer")
+            p_cfg, d_cfg = atom_kv_transfer_config("kv_producer", port), atom_kv_transfer_config("kv_consumer", port)
             p_env = d_env = None
         else:
             if not (CPU_SHIM / "sitecustomize.py").is_file():

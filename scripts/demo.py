@@ -28,7 +28,7 @@ from tests.support.models import build_tiny_model  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.processes import EngineStartError, ManagedProcess  # noqa: E402
 from tests.support.router_process import start_router  # noqa: E402
-from tests.support.vllm_engine import start_vllm  # noqa: E402
+from tests.support.vllm_engine import atom_kv_transfer_config, start_vllm  # noqa: E402
 
 SERVED_NAME = "atom-mesh-tiny-llama"
 WORKER_HEADERS = ("x-atom-prefill-worker", "x-atom-decode-worker", "x-atom-worker")
@@ -43,20 +43,6 @@ PROMPT = " ".join(
     * 8
     + ["Tell me a story about a robot that learned to route requests fairly."]
 )
-
-
-def _atom_connector(role: str) -> dict:
-    """AtomKVConnector over Mooncake TCP on loopback; each engine gets a free side-channel port."""
-    return {
-        "kv_connector": "AtomKVConnector",
-        "kv_role": role,
-        "kv_connector_extra_config": {
-            "transport": "mooncake",
-            "protocol": "tcp",
-            "side_channel_host": "127.0.0.1",
-            "side_channel_port": free_port(),
-        },
-    }
 
 
 def _example_connector(kv_dir: Path) -> dict:
@@ -111,7 +97,7 @@ def run(max_tokens: int, connector: str) -> None:
         _say("building the tiny offline model (cached after the first run)")
         model = build_tiny_model("llama")
         if connector == "atom":
-            configs = [_atom_connector("kv_producer"), _atom_connector("kv_consumer")]
+            configs = [atom_kv_transfer_config(role, free_port()) for role in ("kv_producer", "kv_consumer")]
             how = "AtomKVConnector, Mooncake TCP on loopback"
         else:
             # A fresh directory per run: ExampleConnector keys files by prompt tokens only, so

@@ -19,7 +19,7 @@ import pytest
 from tests.kv_connector.pd_client import complete, pd_legs
 from tests.support.ports import free_port
 from tests.support.router_process import start_router
-from tests.support.vllm_engine import start_vllm
+from tests.support.vllm_engine import atom_kv_transfer_config, start_vllm
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -30,19 +30,9 @@ TRANSFER_TIMEOUT_S = 90  # generous: the shared 2-core CI machine stalls transfe
 
 
 def _connector(role: str, port: int) -> dict:
-    return {
-        "kv_connector": "AtomKVConnector",
-        "kv_role": role,
-        "kv_connector_extra_config": {
-            "transport": "mooncake",
-            "protocol": "tcp",
-            "side_channel_host": "127.0.0.1",
-            "side_channel_port": port,
-            "transfer_timeout_s": TRANSFER_TIMEOUT_S,
-            "hold_timeout_s": 240,
-            "enable_test_hooks": True,
-        },
-    }
+    return atom_kv_transfer_config(
+        role, port, transfer_timeout_s=TRANSFER_TIMEOUT_S, hold_timeout_s=240, enable_test_hooks=True
+    )
 
 
 @pytest.fixture(scope="module")

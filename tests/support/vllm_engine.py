@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.support.ports import free_port
 from tests.support.processes import ManagedProcess
@@ -18,6 +19,25 @@ from tests.support.processes import ManagedProcess
 # Engines on a shared 2-core machine can take minutes to start, two at a time longer.
 # Below pytest-timeout's 900 s per test, so a slow start fails with the engine's log tail.
 DEFAULT_READY_TIMEOUT = 780.0
+
+
+def atom_kv_transfer_config(role: str, side_channel_port: int, **extra: Any) -> dict[str, Any]:
+    """`--kv-transfer-config` of our AtomKVConnector over Mooncake TCP on loopback.
+
+    `role` is kv_producer or kv_consumer; `extra` adds kv_connector_extra_config keys
+    (timeouts, test hooks).
+    """
+    return {
+        "kv_connector": "AtomKVConnector",
+        "kv_role": role,
+        "kv_connector_extra_config": {
+            "transport": "mooncake",
+            "protocol": "tcp",
+            "side_channel_host": "127.0.0.1",
+            "side_channel_port": side_channel_port,
+            **extra,
+        },
+    }
 
 
 def vllm_command(
