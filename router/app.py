@@ -192,15 +192,18 @@ class RouterService:
         task = asyncio.current_task()
         assert task is not None
         watching = True
+        writer = StreamWriter(send)
 
         def client_gone(watcher: asyncio.Future[None]) -> None:
-            if watching and not watcher.cancelled():
+            # A client that closes right after reading `[DONE]` got its whole answer: let the
+            # relay finish (the upstream's end, metrics) instead of counting it as cut off.
+            if watching and not watcher.cancelled() and not writer.delivered:
                 task.cancel()
 
         gone = asyncio.ensure_future(_client_disconnect(receive))
         gone.add_done_callback(client_gone)
         try:
-            return await self._respond(prepared, send)
+            return await self._respond(prepared, send, writer)
         except asyncio.CancelledError:
             if not gone.done() or gone.cancelled():
                 raise  # cancelled from outside (shutdown), not by the watcher
@@ -211,7 +214,7 @@ class RouterService:
             watching = False
             gone.cancel()
 
-    async def _respond(self, prepared: PreparedRequest, send: Send) -> int:
+    async def _respond(self, prepared: PreparedRequest, send: Send, writer: StreamWriter) -> int:
         assert self.dispatcher is not None
         try:
             reply = await self.dispatcher.run(prepared)
@@ -228,7 +231,7 @@ class RouterService:
             if not reply.streaming:
                 await send_body(send, reply.status, reply.body, header_list(reply.content_type, extra))
                 return reply.status
-            await self._relay_stream(prepared.route, reply, StreamWriter(send), extra)
+            await self._relay_stream(prepared.route, reply, writer, extra)
             return reply.status
         finally:
             reply.close()

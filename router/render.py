@@ -148,12 +148,15 @@ async def send_error(send: Any, err: ApiError, extra: Iterable[tuple[str, str]] 
 class StreamWriter:
     """Writes one streamed (SSE) response chunk by chunk, as the chunks arrive."""
 
-    __slots__ = ("_send", "started", "finished")
+    __slots__ = ("_send", "started", "finished", "delivered")
 
     def __init__(self, send: Any) -> None:
         self._send = send
         self.started = False
         self.finished = False
+        # The client has the whole answer (its `[DONE]` went out): a client that hangs up
+        # now has not cut anything short.
+        self.delivered = False
 
     async def start(self, status: int, headers: Headers) -> None:
         self.started = True
@@ -161,6 +164,8 @@ class StreamWriter:
 
     async def write(self, chunk: bytes) -> None:
         await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if b"[DONE]" in chunk[-16:]:
+            self.delivered = True
 
     async def finish(self, last: bytes = b"") -> None:
         if not self.finished:

@@ -170,6 +170,26 @@ async def test_client_disconnect_mid_stream_cancels_upstream() -> None:
         assert await _settled(router)
 
 
+async def test_client_leaving_after_done_is_a_complete_answer_not_a_disconnect() -> None:
+    """The OpenAI SDK hangs up as soon as it reads `[DONE]`; the engine may close its
+    stream a moment later. That request succeeded: counted 200, never 499."""
+    end = asyncio.Event()
+    async with upstreams("w1") as (w1,), running_router(make_config(workers=regular(w1.url))) as router:
+        w1.script("/v1/completions", sse_reply(stream_events(["a", "b"], chat=False), end_gate=end))
+        async with aiohttp.ClientSession() as client:
+            resp = await client.post(router.url + "/v1/completions", json={**COMPLETION, "stream": True})
+            body = b""
+            while not body.endswith(b"data: [DONE]\n\n"):
+                body += await resp.content.readuntil(b"\n\n")
+            resp.close()  # hang up right after [DONE], while the upstream is still open
+        await asyncio.sleep(0.2)  # the router sees the hang-up before the upstream ends
+        end.set()
+        metrics = await metrics_with(router, 'route="/v1/completions",status="200"')
+        assert 'route="/v1/completions",status="200"} 1.0' in metrics
+        assert 'status="499"' not in metrics
+        assert await _settled(router)
+
+
 async def test_pd_client_disconnect_cancels_both_legs() -> None:
     async with upstreams("p", "d") as (p, d):
         config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="sglang")

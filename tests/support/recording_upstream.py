@@ -59,11 +59,19 @@ def text_reply(text: str, status: int) -> Reply:
     return reply
 
 
-def sse_reply(events: Iterable[Any], *, die_after: int | None = None, gate: asyncio.Event | None = None) -> Reply:
+def sse_reply(
+    events: Iterable[Any],
+    *,
+    die_after: int | None = None,
+    gate: asyncio.Event | None = None,
+    end_gate: asyncio.Event | None = None,
+) -> Reply:
     """Stream `events` as SSE (dicts as JSON, then `[DONE]`).
 
     `die_after=N`: abort the connection after N events (a worker dying mid-stream).
     `gate`: wait for it after the first event (lets a test act while the stream is open).
+    `end_gate`: wait for it after `[DONE]`, before the end of the body (an engine that is
+    slow to close its stream).
     """
     events = list(events)
 
@@ -80,6 +88,8 @@ def sse_reply(events: Iterable[Any], *, die_after: int | None = None, gate: asyn
             if i == 0 and gate is not None:
                 await gate.wait()
         await resp.write(b"data: [DONE]\n\n")
+        if end_gate is not None:
+            await end_gate.wait()
         await resp.write_eof()
         return resp
 
