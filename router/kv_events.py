@@ -85,6 +85,12 @@ class KVEventFeed:
         self._ctx = zmq.asyncio.Context()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._events: dict[str, Counter[str]] = {}
+        self._discovering: set[str] = set()  # workers whose endpoint is being looked up
+
+    @property
+    def subscriptions(self) -> set[str]:
+        """Ids of the workers whose events are being read."""
+        return set(self._tasks)
 
     async def endpoint_for(self, worker: Worker, session: aiohttp.ClientSession | None) -> str | None:
         """Where `worker` publishes its KV events (see the module docstring), or None."""
@@ -110,13 +116,19 @@ class KVEventFeed:
 
     async def subscribe(self, worker: Worker, session: aiohttp.ClientSession | None = None) -> None:
         """Registration hook: start listening to `worker`'s KV events, if it publishes any."""
-        if worker.worker_id in self._tasks:
+        if worker.worker_id in self._tasks or worker.worker_id in self._discovering:
             return
-        endpoint = await self.endpoint_for(worker, session)
+        self._discovering.add(worker.worker_id)
+        try:
+            endpoint = await self.endpoint_for(worker, session)
+        finally:
+            # Gone from the set if `unsubscribe` ran meanwhile: the worker left, so no listener.
+            still_wanted = worker.worker_id in self._discovering
+            self._discovering.discard(worker.worker_id)
+        if not still_wanted:
+            return
         if endpoint is None:
             logger.info("worker publishes no KV events; kv_aware places it by load", extra={"worker": worker.worker_id})
-            return
-        if worker.worker_id in self._tasks:  # a concurrent registration got there first
             return
         self._events[worker.worker_id] = Counter()
         self._tasks[worker.worker_id] = asyncio.create_task(
@@ -125,6 +137,7 @@ class KVEventFeed:
         logger.info("subscribed to KV events", extra={"worker": worker.worker_id, "endpoint": endpoint})
 
     def unsubscribe(self, worker: Worker) -> None:
+        self._discovering.discard(worker.worker_id)
         task = self._tasks.pop(worker.worker_id, None)
         if task is not None:
             task.cancel()

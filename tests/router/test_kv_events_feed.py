@@ -140,3 +140,27 @@ def test_kv_aware_router_over_a_simulated_fleet_routes_text_prompts_to_their_hol
         if router is not None:
             router.stop()
         fleet.stop()
+
+
+async def test_discovery_finds_vllms_publisher_and_a_worker_removed_meanwhile_gets_no_listener() -> None:
+    import aiohttp
+
+    from tests.support.recording_upstream import RecordingUpstream, after, json_reply
+
+    sources = {"0": {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:5557"}}
+    released = asyncio.Event()
+    feed = KVEventFeed(KVBlockIndex())
+    async with RecordingUpstream("engine") as engine, aiohttp.ClientSession() as session:
+        engine.script("/kv_event_sources", json_reply(sources), after(released, json_reply(sources)))
+        worker = Worker(engine.url, worker_id="w1")
+        # A wildcard bind means the engine's own host.
+        assert await feed.endpoint_for(worker, session) == "tcp://127.0.0.1:5557"
+        assert await feed.endpoint_for(Worker("http://127.0.0.1:9", worker_id="w9"), session) is None  # nothing there
+
+        pending = asyncio.create_task(feed.subscribe(worker, session))
+        await engine.wait_for("/kv_event_sources", count=2)
+        feed.unsubscribe(worker)  # the worker leaves while its publisher is being looked up
+        released.set()
+        await pending
+        assert feed.subscriptions == set()
+    await feed.stop()
