@@ -1,19 +1,30 @@
 """The router's KV event feed over real ZMQ sockets, against a publisher that speaks
 vLLM's wire format (the simulator's): events reach the index, a sequence gap clears the
-worker's entries, malformed batches are dropped, removal forgets the worker."""
+worker's entries, malformed batches are dropped, removal forgets the worker; publisher
+discovery through `GET /kv_event_sources`; and a router process with `--policy kv_aware`
+in front of a simulated fleet."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import time
 from collections.abc import Callable
 
+import aiohttp
+import httpx
 import msgspec
 
+from benchmarks.workloads import random_text, vocabulary
 from engine_sim.kv_cache import BlockRemoved, BlockStored
 from engine_sim.kv_events import KVEventPublisher
+from engine_sim.tokenizer import tokenizer_json
 from router.kv_events import KVEventFeed, apply_batch
 from router.policies.kv_block_index import KVBlockIndex
 from router.workers.worker import Worker
+from tests.faults.harness import MODEL, launch_router, start_fleet
+from tests.support.recording_upstream import RecordingUpstream, after, json_reply
 
 BS = 4
 PROMPT = list(range(100, 112))  # 3 blocks
@@ -91,16 +102,6 @@ def test_kv_aware_router_over_a_simulated_fleet_routes_text_prompts_to_their_hol
     """Router process + simulator process: the router finds each worker's publisher at
     `GET /kv_event_sources`, tokenizes text prompts with `--tokenizer-path` exactly as the
     simulator does, and sends a prompt whose prefix a worker cached to that worker."""
-    import json
-    import random
-    import time
-
-    import httpx
-
-    from benchmarks.workloads import random_text, vocabulary
-    from engine_sim.tokenizer import tokenizer_json
-    from tests.faults.harness import MODEL, launch_router, start_fleet
-
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text(json.dumps(tokenizer_json(vocabulary())))
     fleet = start_fleet(tmp_path, "--regular", "3", "--kv-events", "--block-size", "16")
@@ -143,10 +144,6 @@ def test_kv_aware_router_over_a_simulated_fleet_routes_text_prompts_to_their_hol
 
 
 async def test_discovery_finds_vllms_publisher_and_a_worker_removed_meanwhile_gets_no_listener() -> None:
-    import aiohttp
-
-    from tests.support.recording_upstream import RecordingUpstream, after, json_reply
-
     sources = {"0": {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:5557"}}
     released = asyncio.Event()
     feed = KVEventFeed(KVBlockIndex())
