@@ -14,7 +14,6 @@ and stop engines, so the demo and the tests cannot drift apart.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from tests.support.models import build_tiny_model  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.processes import EngineStartError, ManagedProcess  # noqa: E402
 from tests.support.router_process import start_router  # noqa: E402
-from tests.support.vllm_engine import atom_kv_transfer_config, start_vllm  # noqa: E402
+from tests.support.vllm_engine import atom_kv_transfer_config, external_prefix_hits, start_vllm  # noqa: E402
 
 SERVED_NAME = "atom-mesh-tiny-llama"
 WORKER_HEADERS = ("x-atom-prefill-worker", "x-atom-decode-worker", "x-atom-worker")
@@ -57,8 +56,7 @@ def _external_kv_tokens(engine: ManagedProcess) -> int:
     """Prompt tokens whose KV the engine took from a connector (vLLM's own counter)."""
     import httpx
 
-    text = httpx.get(f"{engine.url}/metrics", timeout=10).text
-    return int(sum(float(v) for v in re.findall(r"^vllm:external_prefix_cache_hits_total\{[^}]*\} (\S+)$", text, re.M)))
+    return int(external_prefix_hits(httpx.get(f"{engine.url}/metrics", timeout=10).text))
 
 
 def _say(msg: str) -> None:

@@ -8,7 +8,6 @@ KV block to longer than two blocks (block size 128 on CPU).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,11 +97,3 @@ def assert_same(got: Answer, want: Answer) -> None:
     assert len(got.logprobs) == len(want.logprobs) == MAX_TOKENS
     for g, w in zip(got.logprobs, want.logprobs):
         assert math.isclose(g, w, rel_tol=1e-3, abs_tol=1e-3), (got.logprobs, want.logprobs)
-
-
-def external_prefix_hits(metrics_text: str) -> float:
-    """Prompt tokens a vLLM engine got from its KV connector (from its /metrics)."""
-    return sum(
-        float(m.group(1))
-        for m in re.finditer(r"^vllm:external_prefix_cache_hits_total\{[^}]*\} ([0-9.e+]+)$", metrics_text, re.M)
-    )

@@ -8,6 +8,7 @@ halves start-up; 1 GiB of KV cache is plenty for the tiny model.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -112,3 +113,11 @@ def start_vllm(
     if wait:
         proc.wait_http_ready("/health", timeout=timeout)
     return proc
+
+
+def external_prefix_hits(metrics_text: str) -> float:
+    """Prompt tokens a vLLM engine got from its KV connector (from its /metrics)."""
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(r"^vllm:external_prefix_cache_hits_total\{[^}]*\} ([0-9.e+]+)$", metrics_text, re.M)
+    )
