@@ -44,9 +44,10 @@ def rotary_embedding(
     head_dim: int,
     is_neox: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    # AITER's "sbhd" layout with s = 1 and b = tokens, as vLLM calls it; positions [s, b]
-    # int64. The rotated width is cos.shape[-1] * 2 (reuse_freqs_front_part); the kernel
-    # copies the dimensions past it (partial rotary, nope_first=False).
+    # AITER's "sbhd" layout with s = 1 and b = tokens, as vLLM calls it; positions [s, b],
+    # int64 and unit-strided (the kernel reads them raw). The rotated width is
+    # cos.shape[-1] * 2 (reuse_freqs_front_part); the kernel copies the dimensions past
+    # it (partial rotary, nope_first=False).
     tokens = positions.numel()
     cos, sin = _cos_sin(cos_sin_cache)
     q_out, k_out = aiter.rope_cached_positions_2c_fwd(
@@ -54,7 +55,7 @@ def rotary_embedding(
         k.view(1, tokens, -1, head_dim),
         cos,
         sin,
-        positions.reshape(1, tokens).to(torch.int64),
+        positions.to(torch.int64).contiguous().view(1, tokens),
         0 if is_neox else 1,  # rotate_style: 0 = neox, 1 = gptj
         reuse_freqs_front_part=True,
         nope_first=False,
