@@ -43,6 +43,8 @@ def _option(group: argparse._ArgumentGroup, flag: str, field: str, **kwargs: Any
         default = list(default)  # never share the defaults' list with a parsed config
     elif default is not None and "action" not in kwargs:
         kwargs.setdefault("type", type(default))
+    if "action" not in kwargs and "choices" not in kwargs:
+        kwargs.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))  # not the dotted dest
     group.add_argument(flag, dest=field, default=default, **kwargs)
 
 
