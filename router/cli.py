@@ -16,6 +16,7 @@ from router.config import (
     POLICIES,
     AdmissionConfig,
     CircuitBreakerConfig,
+    DisaggConfig,
     HealthCheckConfig,
     PolicyConfig,
     RetryConfig,
@@ -82,6 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--kv-overlap-weight", type=float, default=1.0, help="kv_aware: weight of the cached-prefix score.")
     r.add_argument("--kv-load-weight", type=float, default=0.5, help="kv_aware: weight of the load score.")
+
+    d = p.add_argument_group("Conditional disaggregation (P/D pools)")
+    disagg = DisaggConfig()
+    d.add_argument(
+        "--always-pair",
+        action="store_true",
+        help="Pair a prefill worker with every request, even where the backend (vllm, vllm-mooncake) "
+        "could let the decode worker prefill locally. sglang and atom pools always pair.",
+    )
+    d.add_argument(
+        "--disagg-min-uncached-tokens",
+        type=int,
+        default=disagg.min_uncached_tokens,
+        metavar="N",
+        help="Pair only when the decode worker lacks at least N of the prompt's tokens (prompt length "
+        "minus its cached prefix); fewer go decode-only.",
+    )
+    d.add_argument(
+        "--disagg-max-prefill-queue",
+        type=int,
+        default=disagg.max_prefill_queue,
+        metavar="N",
+        help="Go decode-only when every prefill worker already has N or more requests in flight (0: never).",
+    )
 
     q = p.add_argument_group("Requests, admission and security")
     q.add_argument("--request-timeout-secs", type=float, default=1800)
@@ -150,6 +175,9 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     has_pd = any(w.role != "regular" for w in workers)
     if has_pd and not args.pd_disaggregation:
         raise SystemExit("atom-router: --prefill/--decode need --pd-disaggregation")
+    for flag in ("disagg_min_uncached_tokens", "disagg_max_prefill_queue"):
+        if getattr(args, flag) < 0:
+            raise SystemExit(f"atom-router: --{flag.replace('_', '-')} must be 0 or more, got {getattr(args, flag)}")
     backend = args.backend or ("sglang" if args.pd_disaggregation else "openai")
     if args.pd_disaggregation and backend == "openai":
         raise SystemExit("atom-router: --backend openai serves co-located workers only; pick vllm, vllm-mooncake, sglang or atom")
@@ -174,6 +202,11 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
             max_sessions=args.max_sessions,
             kv_overlap_weight=args.kv_overlap_weight,
             kv_load_weight=args.kv_load_weight,
+        ),
+        disagg=DisaggConfig(
+            always_pair=args.always_pair,
+            min_uncached_tokens=args.disagg_min_uncached_tokens,
+            max_prefill_queue=args.disagg_max_prefill_queue,
         ),
         retry=RetryConfig(
             max_retries=args.retry_max_retries,
