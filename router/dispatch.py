@@ -28,11 +28,12 @@ import aiohttp
 
 from router.adapters.base import Adapter, LegFailure, Upstream
 from router.config import RouterConfig
+from router.errors import ApiError, PlacementError
 from router.load_guard import LoadGuard
 from router.metrics import RouterMetrics
-from router.placement.types import Pair, PlacementError, PlacementPlan, RequestDescriptor, Single
+from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
 from router.prepare import PreparedRequest
-from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, ApiError
+from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE
 from router.workers.worker import Role, Worker
 
 logger = logging.getLogger("atom_mesh.dispatch")
@@ -101,7 +102,9 @@ class Reply:
                 async for chunk in upstream.response.content.iter_any():
                     yield chunk
         except TimeoutError:
-            raise ApiError(504, "request timed out while streaming; raise --request-timeout-secs for long generations", code="timeout") from None
+            raise ApiError(
+                504, "request timed out while streaming; raise --request-timeout-secs for long generations", code="timeout"
+            ) from None
         except _STREAM_ERRORS as exc:
             self.on_stream_failure(upstream.worker)
             raise ApiError(

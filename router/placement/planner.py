@@ -18,19 +18,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from router.config import DisaggConfig, RouterConfig
+from router.errors import NoHealthyDecodeError, NoHealthyPrefillError, NoWorkersError, PlacementError, UnknownModelError
 from router.placement.disagg_decider import DisaggRule
-from router.placement.types import (
-    PAIR,
-    NoHealthyDecodeError,
-    NoHealthyPrefillError,
-    NoWorkersError,
-    Pair,
-    PlacementError,
-    PlacementPlan,
-    RequestDescriptor,
-    Single,
-    UnknownModelError,
-)
+from router.placement.types import PAIR, Pair, PlacementPlan, RequestDescriptor, Single
 from router.policies.base import Policy, Selection
 from router.policies.kv_block_index import KVBlockIndex
 from router.policies.registry import create_policy

@@ -7,15 +7,15 @@ import random
 import pytest
 
 from router.adapters import ADAPTERS
-from router.cli import build_parser, config_from_args
-from router.config import BACKENDS, DisaggConfig, PolicyConfig, RouterConfig
+from router.cli import UsageError, build_parser, config_from_args
+from router.config import DisaggConfig, PolicyConfig, RouterConfig
+from router.errors import NoHealthyPrefillError
 from router.placement.disagg_decider import DisaggRule
 from router.placement.planner import Planner
 from router.placement.types import (
     CHARS_PER_TOKEN,
     DECODE_ONLY,
     PAIR,
-    NoHealthyPrefillError,
     Pair,
     RequestDescriptor,
     Single,
@@ -91,7 +91,7 @@ def test_always_pair_and_incapable_backends_pair_whatever_the_request() -> None:
 
 
 def test_only_vllm_backends_may_run_decode_only() -> None:
-    capable = {name for name in BACKENDS if ADAPTERS[name].runs_decode_only}
+    capable = {name for name, adapter in ADAPTERS.items() if adapter.runs_decode_only}
     assert capable == {"vllm", "vllm-mooncake"}
 
 
@@ -217,5 +217,5 @@ def test_flags_set_the_rule_and_default_to_config_defaults() -> None:
         [*base, "--always-pair", "--disagg-min-uncached-tokens", "64", "--disagg-max-prefill-queue", "0"]
     )
     assert config_from_args(args).disagg == DisaggConfig(always_pair=True, min_uncached_tokens=64, max_prefill_queue=0)
-    with pytest.raises(SystemExit, match="--disagg-min-uncached-tokens must be 0 or more"):
+    with pytest.raises(UsageError, match="--disagg-min-uncached-tokens must be 0 or more"):
         config_from_args(build_parser().parse_args([*base, "--disagg-min-uncached-tokens", "-1"]))
