@@ -46,7 +46,10 @@ class RouterMetrics:
         )
         self.retries = Counter("atom_mesh_retries", "Upstream attempts retried, by cause", ["route", "cause"], registry=r)
         self.placements = Counter(
-            "atom_mesh_placements", "Placement decisions by pool role, policy and reason", ["role", "policy", "reason"], registry=r
+            "atom_mesh_placements",
+            "Placement decisions by pool role, policy and reason",
+            ["role", "policy", "reason"],
+            registry=r,
         )
         self.disagg_decisions = Counter(
             "atom_mesh_disagg_decisions",

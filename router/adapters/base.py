@@ -94,7 +94,7 @@ class Adapter(abc.ABC):
         """POST `data` to `worker`; a connection failure becomes `LegFailure(status=None)`."""
         try:
             return await self.http.post(worker.url + route, data=data, headers=headers)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise LegFailure(worker, f"cannot reach {worker.role.value} worker {worker.url}: {exc!r}") from exc
 
     async def post_leg(
@@ -104,7 +104,7 @@ class Adapter(abc.ABC):
         resp = await self.post(worker, route, orjson.dumps(body), headers)
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             resp.close()
             raise LegFailure(worker, f"{worker.role.value} worker {worker.url} dropped the connection: {exc!r}") from exc
         finally:
@@ -132,7 +132,7 @@ class Adapter(abc.ABC):
                 if resp.status != 200:
                     raise LegFailure(worker, f"GET {url} answered {resp.status}", status=502, body=data)
                 return orjson.loads(data)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
             raise LegFailure(worker, f"GET {url} failed: {exc!r}") from exc
 
 
