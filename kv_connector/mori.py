@@ -19,7 +19,9 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
+from kv_connector.defaults import TRANSFER_TIMEOUT_S
 from kv_connector.transport import BatchState, TransferError, TransferOp, Transport, TransportUnavailable
 
 logger = logging.getLogger("atom_mesh.kv_connector.mori")
@@ -27,8 +29,8 @@ logger = logging.getLogger("atom_mesh.kv_connector.mori")
 
 def _load_mori():  # -> module
     try:
-        import mori.io as mori_io  # type: ignore[import-not-found]
-        from mori import cpp as mori_cpp  # type: ignore[import-not-found]
+        import mori.io as mori_io
+        from mori import cpp as mori_cpp
     except ImportError as e:
         raise TransportUnavailable(
             "MORI-IO is unavailable: it needs ROCm and the 'mori' package (github.com/ROCm/mori); "
@@ -38,9 +40,9 @@ def _load_mori():  # -> module
 
 
 class MoriTransport(Transport):
-    name = "mori"
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, backend: str = "rdma", timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, backend: str = "rdma", timeout_s: float = TRANSFER_TIMEOUT_S
+    ) -> None:
         self._io, self._cpp = _load_mori()
         key = f"atom-mesh:{host}:{uuid.uuid4().hex[:12]}"
         self._engine = self._io.IOEngine(key, self._io.IOEngineConfig(host, port))
@@ -112,7 +114,7 @@ class MoriTransport(Transport):
                 state = BatchState.PENDING
         return state
 
-    def _wait(self, handle: list[object]) -> None:
+    def _wait(self, handle: list[Any]) -> None:
         deadline = time.monotonic() + self._timeout_s
         while (state := self.poll(handle)) is BatchState.PENDING:
             if time.monotonic() > deadline:
@@ -129,3 +131,9 @@ class MoriTransport(Transport):
     def read(self, peer: str, ops: Sequence[TransferOp]) -> None:
         if ops:
             self._wait(self._submit(ops, write=False))
+
+    def close(self) -> None:
+        # Forget peers and descriptors; the engine object goes with this endpoint.
+        with self._lock:
+            self._peers.clear()
+            self._mem.clear()
