@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("mooncake.engine")
 
-from kv_connector.mooncake import MooncakeTransport  # noqa: E402
-from kv_connector.transport import BatchState, MemoryRef, TransferError, TransferOp  # noqa: E402
+from kv_connector.mooncake import MooncakeTransport
+from kv_connector.transport import BatchState, MemoryRef, TransferError, TransferOp
 
 SIZE = 8 << 20
 
@@ -52,7 +52,8 @@ def test_write_and_read_batches_move_exact_bytes(peer):
     remote = t.connect(endpoint)
     half = SIZE // 2
     # One synchronous batch of scattered ops, one asynchronous batch polled to completion.
-    t.write(remote, [TransferOp(MemoryRef(local_data, i * 4096), MemoryRef(remote_sink, i * 4096), 4096) for i in range(0, half // 4096)])
+    scattered = [TransferOp(MemoryRef(local_data, i * 4096), MemoryRef(remote_sink, i * 4096), 4096) for i in range(half // 4096)]
+    t.write(remote, scattered)
     handle = t.submit_write(remote, [TransferOp(MemoryRef(local_data, half), MemoryRef(remote_sink, half), half)])
     while (state := t.poll(handle)) is BatchState.PENDING:
         pass
