@@ -14,7 +14,10 @@ import importlib.machinery
 import os
 import sys
 import types
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from typing import Any
 
 _TARGET = "kv_connector.transport"
 
@@ -23,28 +26,31 @@ def _wrap_create_transport(module: types.ModuleType) -> None:
     from tests.support.kv_faults import ENV_VAR, FaultInjectingTransport, KVFaults
 
     faults = KVFaults(Path(os.environ[ENV_VAR]))
-    create = module.create_transport
+    namespace = vars(module)
+    create = namespace["create_transport"]
 
-    def create_with_faults(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def create_with_faults(*args: Any, **kwargs: Any) -> FaultInjectingTransport:
         return FaultInjectingTransport(create(*args, **kwargs), faults)
 
-    module.create_transport = create_with_faults
+    namespace["create_transport"] = create_with_faults
 
 
 class _PatchingLoader(importlib.abc.Loader):
     def __init__(self, wrapped: importlib.abc.Loader) -> None:
         self._wrapped = wrapped
 
-    def create_module(self, spec):  # type: ignore[no-untyped-def]
+    def create_module(self, spec: ModuleSpec) -> types.ModuleType | None:
         return self._wrapped.create_module(spec)
 
-    def exec_module(self, module) -> None:  # type: ignore[no-untyped-def]
+    def exec_module(self, module: types.ModuleType) -> None:
         self._wrapped.exec_module(module)
         _wrap_create_transport(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> ModuleSpec | None:
         if fullname != _TARGET:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
