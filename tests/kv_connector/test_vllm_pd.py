@@ -83,9 +83,11 @@ def pd_pair(engines):
 @pytest.fixture(scope="module")
 def router(pd_pair):
     p, d = pd_pair
+    # --always-pair: every prompt length must go through the connector, short ones too.
     proc = start_router(
-        "--pd-disaggregation", "--backend", "vllm", "--prefill", p.url, "--decode", d.url, "--policy", "round_robin"
-    )
+        "--pd-disaggregation", "--backend", "vllm", "--prefill", p.url, "--decode", d.url,
+        "--policy", "round_robin", "--always-pair",
+    )  # fmt: skip
     try:
         yield proc
     finally:
