@@ -64,8 +64,6 @@ class Adapter(abc.ABC):
     """Speaks one engine family's protocol over the router's shared HTTP session."""
 
     name: ClassVar[str]
-    # True: plans are `Pair`s (prefill + decode); False: `Single` co-located workers.
-    disaggregated: ClassVar[bool] = True
 
     def __init__(self, http: aiohttp.ClientSession) -> None:
         self.http = http

@@ -11,7 +11,6 @@ from router.prepare import PreparedRequest
 
 class OpenAIAdapter(Adapter):
     name = "openai"
-    disaggregated = False
 
     async def send(self, plan: PlacementPlan, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
         worker = expect_single(plan).worker

@@ -5,7 +5,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from router.admission import AdmissionCollector, AdmissionController, QueueFull
 from router.config import AdmissionConfig, RouterConfig
 from router.load_guard import LoadGuard
-from router.workers.lifecycle import WorkerCollector, WorkerManager
+from router.workers.collector import WorkerCollector
+from router.workers.lifecycle import WorkerManager
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Worker, WorkerState
 

@@ -1,24 +1,33 @@
 """Worker lifecycle: the pure state table and the manager over real HTTP endpoints."""
 
 import asyncio
+import itertools
+from collections.abc import Callable
 
 import pytest
 
 from router.config import CircuitBreakerConfig, HealthCheckConfig, RouterConfig, WorkerSpec
 from router.load_guard import LoadGuard
 from router.workers.lifecycle import (
-    InvalidTransition,
-    LifecycleEvent as E,
     WorkerConflictError,
     WorkerManager,
     WorkerNotFoundError,
     WorkerRequestError,
-    next_state,
     validate_spec,
 )
 from router.workers.registry import WorkerRegistry
-from router.workers.worker import Role, WorkerState as S
+from router.workers.transitions import InvalidTransition, LifecycleEvent as E, next_state
+from router.workers.worker import Role, Worker, WorkerState as S
 from tests.support.ports import free_port
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until `condition()` holds, checking every few milliseconds; fail after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize(
@@ -80,8 +89,8 @@ def _config(**kw) -> RouterConfig:
 async def manager(session):
     managers = []
 
-    async def make(config=None):
-        m = WorkerManager(config or _config(), WorkerRegistry(), session=session, drain_poll_secs=0.01)
+    async def make(config=None, **kwargs):
+        m = WorkerManager(config or _config(), WorkerRegistry(), session=session, **kwargs)
         await m.start()
         managers.append(m)
         return m
@@ -137,17 +146,11 @@ async def test_pending_until_ready_then_ready(endpoint, manager):
     m = await manager()
     w = await m.add(WorkerSpec(url=endpoint.url))
     assert w.state is S.PENDING and not w.accepts_new_requests(m.clock())
-    for _ in range(200):  # bounded: the worker is probed every 0.05 s
-        if endpoint.health_hits >= 2:
-            break
-        await asyncio.sleep(0.02)
+    await _until(lambda: endpoint.health_hits >= 2, "two start-up probes")
     assert w.state is S.PENDING and "503" in w.last_error
     endpoint.health_status = 200
-    for _ in range(200):
-        if w.state is S.READY:
-            break
-        await asyncio.sleep(0.02)
-    assert w.state is S.READY and w.last_error == ""
+    await _until(lambda: w.state is S.READY, "the worker to turn ready")
+    assert w.last_error == ""
 
 
 async def test_startup_timeout_fails_the_worker(manager):
@@ -156,6 +159,15 @@ async def test_startup_timeout_fails_the_worker(manager):
     assert w.state is S.FAILED
     assert "--worker-startup-timeout-secs" in w.last_error
     assert m.registry.get(w.worker_id) is w  # stays listed until an operator removes it
+
+
+async def test_startup_deadline_is_read_from_the_managers_clock(endpoint, manager):
+    endpoint.health_status = 503
+    ticks = itertools.count(0, 1000)  # every reading of the clock is 1000 s later
+    m = await manager(_config(worker_startup_timeout_secs=30), clock=lambda: float(next(ticks)))
+    w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
+    assert w.state is S.FAILED and "not ready after 30s" in w.last_error
+    assert endpoint.health_hits == 1  # failed on the first probe, not after 30 real seconds
 
 
 async def test_failing_hook_fails_the_worker(endpoint, manager):
@@ -183,11 +195,7 @@ async def test_duplicate_and_unknown_workers(endpoint, manager):
 async def test_configured_workers_register_at_start(endpoint, manager):
     m = await manager(_config(workers=[WorkerSpec(url=endpoint.url)]))
     (w,) = list(m.registry)
-    for _ in range(200):
-        if w.state is S.READY:
-            break
-        await asyncio.sleep(0.02)
-    assert w.state is S.READY
+    await _until(lambda: w.state is S.READY, "the configured worker to turn ready")
 
 
 async def test_health_verdicts_move_ready_and_not_ready(endpoint, manager):
@@ -210,11 +218,7 @@ async def test_health_loop_runs_on_its_own(endpoint, manager):
     m = await manager(cfg)
     w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
     endpoint.health_status = 503
-    for _ in range(500):
-        if w.state is S.NOT_READY:
-            break
-        await asyncio.sleep(0.02)
-    assert w.state is S.NOT_READY
+    await _until(lambda: w.state is S.NOT_READY, "the health loop to take the worker out")
 
 
 async def test_drain_waits_for_in_flight_requests(endpoint, manager):
@@ -225,19 +229,31 @@ async def test_drain_waits_for_in_flight_requests(endpoint, manager):
     guards = [LoadGuard([w], tokens=10), LoadGuard([w], tokens=5)]
     await m.drain(w.worker_id)
     assert w.state is S.DRAINING and not w.accepts_new_requests(m.clock())
-    await asyncio.sleep(0.05)
-    assert m.registry.get(w.worker_id) is w  # still listed: two requests in flight
+    await _until(lambda: w.idle is not None, "the drain to wait for the worker's requests")
     endpoint.health_status = 200
-    await m.health.check_once()
+    await m.health.check_once()  # a real round trip: the drain task had its turns meanwhile
     assert w.state is S.DRAINING  # health never revives a draining worker
     assert list(m._checked_workers()) == []
+    assert m.registry.get(w.worker_id) is w  # still listed: two requests in flight
     guards[0].release()
-    await asyncio.sleep(0.05)
-    assert m.registry.get(w.worker_id) is w
+    await m.health.check_once()
+    assert m.registry.get(w.worker_id) is w and not w.idle.is_set()  # one request left
     guards[1].release()
     await m.drain(w.worker_id, wait=True)  # idempotent; waits for the same drain
     assert m.registry.get(w.worker_id) is None and removed == [w]
-    assert (w.in_flight_requests, w.in_flight_tokens) == (0, 0)
+    assert (w.in_flight_requests, w.in_flight_tokens) == (0, 0) and w.idle is None
+
+
+def test_load_guard_signals_idle_only_when_the_last_request_ends():
+    a, b = Worker(url="http://a:1"), Worker(url="http://b:1")
+    a.idle = asyncio.Event()
+    first, second = LoadGuard([a, b], tokens=3), LoadGuard([a])
+    first.release()
+    assert not a.idle.is_set() and a.in_flight_requests == 1
+    first.release()  # idempotent: releasing twice neither counts twice nor signals
+    assert not a.idle.is_set() and a.in_flight_requests == 1
+    second.release()
+    assert a.idle.is_set() and (a.in_flight_requests, a.in_flight_tokens, b.in_flight_requests) == (0, 0, 0)
 
 
 async def test_drain_of_idle_or_pending_worker_removes_it(endpoint, manager):
@@ -258,6 +274,22 @@ async def test_drain_deadline_removes_a_stuck_worker(endpoint, manager):
     assert w.in_flight_requests == 0
 
 
+async def test_drain_deadline_is_read_from_the_managers_clock(endpoint, manager):
+    readings = itertools.count()
+    start = [0.0]
+
+    def clock() -> float:  # stands still until the drain starts, then runs 10000 s per reading
+        return start[0] + 10_000 * next(readings) if start[0] else 0.0
+
+    m = await manager(_config(request_timeout_secs=3600), clock=clock)
+    w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
+    guard = LoadGuard([w])
+    start[0] = 1.0
+    await m.drain(w.worker_id, wait=True)  # an hour of the manager's time, no real wait
+    assert m.registry.get(w.worker_id) is None and w.in_flight_requests == 1
+    guard.release()
+
+
 async def test_remove_is_immediate_and_forgets_health(endpoint, manager):
     m = await manager()
     w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
@@ -274,10 +306,7 @@ async def test_waiting_add_returns_when_the_worker_is_removed_during_start_up(en
     endpoint.health_status = 503
     m = await manager()
     adding = asyncio.create_task(m.add(WorkerSpec(url=endpoint.url), wait=True))
-    for _ in range(200):
-        if len(m.registry):
-            break
-        await asyncio.sleep(0.01)
+    await _until(lambda: len(m.registry) > 0, "the worker to be registered")
     (w,) = list(m.registry)
     m.remove(w.worker_id)
     assert await adding is w and w.state is S.PENDING  # no exception leaks into the admin handler

@@ -1,0 +1,71 @@
+"""Counting the output events of an OpenAI-style SSE stream, as its bytes arrive.
+
+Why not count `data:` per network chunk: a chunk can hold several events or part of
+one, and two events in every stream carry no output (an optional usage-only chunk,
+`"choices": []`, and the closing `[DONE]`). `SseEventCounter` reassembles events across
+chunks (the SSE rule: an event ends at a blank line, lines end with LF, CRLF or CR) and
+counts only those that carry choices, so the stream metrics time output, not framing.
+
+Pure: bytes in, counts out; no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A usage-only chunk: `"choices":[]` (vLLM) or `"choices": []` (json.dumps). A string
+# value cannot fake it: inside a JSON string the quotes would be escaped.
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_DONE = b"[DONE]"
+# Longest event kept while waiting for its end; a longer one (or a body that is not SSE)
+# is skipped uncounted rather than buffered without bound.
+MAX_EVENT_BYTES = 1 << 20
+
+
+def is_output_event(event: bytes) -> bool:
+    """True if one complete SSE event (without its blank line) carries output choices.
+
+    Not output: comments and events without data, `[DONE]`, usage-only chunks, error
+    objects (no `choices` key).
+    """
+    if event.startswith(b"data:") and b"\n" not in event:  # the common case: one data line
+        payload = event[5:]
+    else:
+        lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+        if not lines:
+            return False
+        payload = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+        return _carries_choices(payload)
+    return _carries_choices(payload[1:] if payload.startswith(b" ") else payload)
+
+
+def _carries_choices(payload: bytes) -> bool:
+    return payload != _DONE and b'"choices"' in payload and _NO_CHOICES.search(payload) is None
+
+
+class SseEventCounter:
+    """Feed it the network chunks of one stream in order; it counts output events."""
+
+    __slots__ = ("_partial", "output_events")
+
+    def __init__(self) -> None:
+        self._partial = b""  # the bytes of an event whose end has not arrived yet
+        self.output_events = 0
+
+    def feed(self, chunk: bytes) -> int:
+        """Take the next chunk; return how many output events it completed."""
+        data = self._partial + chunk if self._partial else chunk
+        if b"\r" in data:
+            if data.endswith(b"\r"):  # a CRLF split across two chunks: wait for the LF
+                self._partial = data
+                return 0
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *events, self._partial = data.split(b"\n\n")
+        if len(self._partial) > MAX_EVENT_BYTES:
+            self._partial = b""
+        completed = 0
+        for event in events:
+            if is_output_event(event):
+                completed += 1
+        self.output_events += completed
+        return completed
