@@ -46,20 +46,21 @@ def _carries_choices(payload: bytes) -> bool:
 class SseEventCounter:
     """Feed it the network chunks of one stream in order; it counts output events."""
 
-    __slots__ = ("_partial", "output_events")
+    __slots__ = ("_partial", "_after_cr", "output_events")
 
     def __init__(self) -> None:
-        self._partial = b""  # the bytes of an event whose end has not arrived yet
+        self._partial = b""  # the bytes of an event whose end has not arrived yet (LF line ends)
+        self._after_cr = False  # the last chunk ended in CR: an LF starting the next one is its CRLF
         self.output_events = 0
 
     def feed(self, chunk: bytes) -> int:
         """Take the next chunk; return how many output events it completed."""
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._after_cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         data = self._partial + chunk if self._partial else chunk
-        if b"\r" in data:
-            if data.endswith(b"\r"):  # a CRLF split across two chunks: wait for the LF
-                self._partial = data
-                return 0
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *events, self._partial = data.split(b"\n\n")
         if len(self._partial) > MAX_EVENT_BYTES:
             self._partial = b""
