@@ -40,5 +40,10 @@ async def test_stream_is_relayed_chunk_by_chunk() -> None:
         rest = await resp.read()
         assert rest.endswith(b"data: [DONE]\n\n")
         assert rest.count(b"data: ") == 3
-        await asyncio.sleep(0)
-        assert loads_are_zero(router)
+        # The load is released just after the last byte went out: wait for it, bounded.
+        await asyncio.wait_for(_until_loads_are_zero(router), 10)
+
+
+async def _until_loads_are_zero(router) -> None:
+    while not loads_are_zero(router):
+        await asyncio.sleep(0.01)
