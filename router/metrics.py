@@ -41,14 +41,17 @@ class RouterMetrics:
         )
         self.inter_event = Histogram(
             "atom_mesh_inter_event_latency_seconds",
-            "Mean time between a stream's output events after the first (one observation per stream)",
+            "Mean time between a stream's output events after the first, one observation per stream",
             ["route"],
             buckets=_INTER_EVENT_BUCKETS,
             registry=r,
         )
         self.retries = Counter("atom_mesh_retries", "Upstream attempts retried, by cause", ["route", "cause"], registry=r)
         self.placements = Counter(
-            "atom_mesh_placements", "Placement decisions by pool role, policy and reason", ["role", "policy", "reason"], registry=r
+            "atom_mesh_placements",
+            "Placement decisions by pool role, policy and reason",
+            ["role", "policy", "reason"],
+            registry=r,
         )
         self.upstream_failures = Counter(
             "atom_mesh_upstream_failures", "Failed upstream attempts by worker", ["worker", "role"], registry=r

@@ -73,6 +73,7 @@ class Adapter(abc.ABC):
 
         Raise to report the worker as unusable; the message should say what to fix.
         """
+        return None
 
     @abc.abstractmethod
     async def send(self, plan: PlacementPlan, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
@@ -84,7 +85,7 @@ class Adapter(abc.ABC):
         """POST `data` to `worker`; a connection failure becomes `LegFailure(status=None)`."""
         try:
             return await self.http.post(worker.url + route, data=data, headers=headers)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise LegFailure(worker, f"cannot reach {worker.role.value} worker {worker.url}: {exc!r}") from exc
 
     async def post_leg(
@@ -94,7 +95,7 @@ class Adapter(abc.ABC):
         resp = await self.post(worker, route, orjson.dumps(body), headers)
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             resp.close()
             raise LegFailure(worker, f"{worker.role.value} worker {worker.url} dropped the connection: {exc!r}") from exc
         finally:
@@ -122,7 +123,7 @@ class Adapter(abc.ABC):
                 if resp.status != 200:
                     raise LegFailure(worker, f"GET {url} answered {resp.status}", status=502, body=data)
                 return orjson.loads(data)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
             raise LegFailure(worker, f"GET {url} failed: {exc!r}") from exc
 
 

@@ -134,12 +134,6 @@ class WorkerManager:
             raise RuntimeError("WorkerManager.start() has not run yet")
         return self._session
 
-    @property
-    def health(self) -> HealthChecker:
-        if self._health is None:
-            raise RuntimeError("WorkerManager.start() has not run yet")
-        return self._health
-
     def add_registration_hook(self, hook: RegistrationHook, roles: Collection[Role] | None = None) -> None:
         """Run `hook(worker, session)` during registration of workers of `roles` (None: all).
 
@@ -194,9 +188,10 @@ class WorkerManager:
         except ValueError as exc:
             raise WorkerConflictError(f"{exc}; DELETE it first to re-register") from None
         logger.info("worker registered", extra={"worker": worker.worker_id, "url": worker.url, "role": role.value})
-        task = asyncio.create_task(self._bring_up_worker(worker), name=f"bring-up-{worker.worker_id}")
-        self._bring_up[worker.worker_id] = task
-        task.add_done_callback(lambda _t, wid=worker.worker_id: self._bring_up.pop(wid, None))
+        worker_id = worker.worker_id
+        task = asyncio.create_task(self._bring_up_worker(worker), name=f"bring-up-{worker_id}")
+        self._bring_up[worker_id] = task
+        task.add_done_callback(lambda _t: self._bring_up.pop(worker_id, None))
         if wait:
             await asyncio.wait({task})  # returns (never raises) if a drain/removal cancels the bring-up
         return worker

@@ -7,7 +7,6 @@ on what a usable entry is, so the parsing lives here once.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -45,7 +44,7 @@ async def fetch_model_list(session: aiohttp.ClientSession, worker_url: str, time
         async with session.get(target, timeout=aiohttp.ClientTimeout(total=timeout_secs)) as resp:
             body = await resp.read()
             status = resp.status
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise ModelListUnavailable(f"GET {target} failed: {exc!r}") from None
     if status != 200:
         raise ModelListUnavailable(f"GET {target} answered {status}")

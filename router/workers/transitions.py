@@ -15,7 +15,7 @@ import enum
 from router.workers.worker import WorkerState
 
 
-class LifecycleEvent(str, enum.Enum):
+class LifecycleEvent(enum.StrEnum):
     READY = "ready"  # start-up probe passed and registration steps succeeded
     STARTUP_FAILED = "startup_failed"
     HEALTHY = "healthy"  # health thresholds say: back in service

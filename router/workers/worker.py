@@ -15,7 +15,7 @@ from typing import Any
 from router.workers.circuit_breaker import CircuitBreaker
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     """What a worker does in a plan: serve whole requests, or one P/D leg."""
 
     REGULAR = "regular"
@@ -23,7 +23,7 @@ class Role(str, enum.Enum):
     DECODE = "decode"
 
 
-class WorkerState(str, enum.Enum):
+class WorkerState(enum.StrEnum):
     """Lifecycle: pending -> ready <-> not_ready; draining -> removed; failed."""
 
     PENDING = "pending"

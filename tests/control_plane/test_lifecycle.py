@@ -16,15 +16,17 @@ from router.workers.lifecycle import (
     validate_spec,
 )
 from router.workers.registry import WorkerRegistry
-from router.workers.transitions import InvalidTransition, LifecycleEvent as E, next_state
-from router.workers.worker import Role, Worker, WorkerState as S
+from router.workers.transitions import InvalidTransition, next_state
+from router.workers.transitions import LifecycleEvent as E
+from router.workers.worker import Role, Worker
+from router.workers.worker import WorkerState as S
 from tests.support.ports import free_port
 
 
-async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait until `condition()` holds, checking every few milliseconds; fail after `timeout`."""
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait until `condition()` holds, checking every few milliseconds; fail after 10 s."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + 10.0
     while not condition():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
@@ -199,17 +201,20 @@ async def test_configured_workers_register_at_start(endpoint, manager):
 
 
 async def test_health_verdicts_move_ready_and_not_ready(endpoint, manager):
-    m = await manager()
+    cfg = _config()
+    cfg.health.interval_secs = 0.02  # the manager's own health loop decides
+    m = await manager(cfg)
     w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
     endpoint.health_status = 500
-    await m.health.check_once()
-    assert w.state is S.READY  # one failure is below the threshold of 2
-    await m.health.check_once()
-    assert w.state is S.NOT_READY and not w.accepts_new_requests(m.clock()) and "500" in w.last_error
-    assert m.health_counts(w) == (2, 0)
+    await _until(lambda: m.health_counts(w)[0] >= 1, "a failed probe")
+    if m.health_counts(w)[0] == 1:
+        assert w.state is S.READY  # one failure is below the threshold of 2
+    await _until(lambda: w.state is S.NOT_READY, "the threshold to take the worker out")
+    assert not w.accepts_new_requests(m.clock()) and "500" in w.last_error
+    assert m.health_counts(w)[0] >= 2 and m.health_counts(w)[1] == 0
     endpoint.health_status = 200
-    await m.health.check_once()
-    assert w.state is S.READY and w.last_error == ""
+    await _until(lambda: w.state is S.READY, "one good probe (threshold 1) to bring it back")
+    assert w.last_error == ""
 
 
 async def test_health_loop_runs_on_its_own(endpoint, manager):
@@ -221,7 +226,7 @@ async def test_health_loop_runs_on_its_own(endpoint, manager):
     await _until(lambda: w.state is S.NOT_READY, "the health loop to take the worker out")
 
 
-async def test_drain_waits_for_in_flight_requests(endpoint, manager):
+async def test_drain_waits_for_in_flight_requests(endpoint, manager, session):
     m = await manager()
     removed = []
     m.registry.on_removed(removed.append)
@@ -230,14 +235,15 @@ async def test_drain_waits_for_in_flight_requests(endpoint, manager):
     await m.drain(w.worker_id)
     assert w.state is S.DRAINING and not w.accepts_new_requests(m.clock())
     await _until(lambda: w.idle is not None, "the drain to wait for the worker's requests")
-    endpoint.health_status = 200
-    await m.health.check_once()  # a real round trip: the drain task had its turns meanwhile
-    assert w.state is S.DRAINING  # health never revives a draining worker
-    assert list(m._checked_workers()) == []
     assert m.registry.get(w.worker_id) is w  # still listed: two requests in flight
+    async with session.get(endpoint.url + "/health"):  # a real round trip: the drain had its turns
+        pass
+    assert w.state is S.DRAINING and m.registry.get(w.worker_id) is w
     guards[0].release()
-    await m.health.check_once()
-    assert m.registry.get(w.worker_id) is w and not w.idle.is_set()  # one request left
+    assert not w.idle.is_set()  # one request left: nothing wakes the drain
+    async with session.get(endpoint.url + "/health"):
+        pass
+    assert m.registry.get(w.worker_id) is w
     guards[1].release()
     await m.drain(w.worker_id, wait=True)  # idempotent; waits for the same drain
     assert m.registry.get(w.worker_id) is None and removed == [w]
@@ -291,11 +297,12 @@ async def test_drain_deadline_is_read_from_the_managers_clock(endpoint, manager)
 
 
 async def test_remove_is_immediate_and_forgets_health(endpoint, manager):
-    m = await manager()
+    cfg = _config()
+    cfg.health.interval_secs = 0.02
+    m = await manager(cfg)
     w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
     endpoint.health_status = 500
-    await m.health.check_once()
-    assert m.health_counts(w) == (1, 0)
+    await _until(lambda: m.health_counts(w)[0] >= 1, "a failed probe")
     guard = LoadGuard([w])
     assert m.remove(w.worker_id) is w and len(m.registry) == 0
     guard.release()  # in-flight request on a removed worker still releases cleanly

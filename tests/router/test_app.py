@@ -22,7 +22,9 @@ async def test_bad_input_gets_4xx_in_openai_shape_never_500() -> None:
             (orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}), 413),
         ]
         for raw, status in cases:
-            resp = await router.http.post(router.url + "/v1/chat/completions", data=raw, headers={"content-type": "application/json"})
+            resp = await router.http.post(
+                router.url + "/v1/chat/completions", data=raw, headers={"content-type": "application/json"}
+            )
             assert resp.status == status, raw[:40]
             body = await resp.json()
             assert set(body["error"]) == {"message", "type", "param", "code"}
@@ -109,7 +111,8 @@ async def test_stream_metrics_count_output_events_not_chunks() -> None:
         for _ in range(2):
             resp = await router.post("/v1/chat/completions", {**CHAT, "stream": True})
             assert (await resp.read()).endswith(b"data: [DONE]\n\n")
-        text = await metrics_with(router, 'atom_mesh_requests_total{model="tiny",route="/v1/chat/completions",status="200"} 2.0')
+        counted = 'atom_mesh_requests_total{model="tiny",route="/v1/chat/completions",status="200"} 2.0'
+        text = await metrics_with(router, counted)
         assert 'atom_mesh_time_to_first_token_seconds_count{route="/v1/chat/completions"} 2.0' in text
         assert 'atom_mesh_inter_event_latency_seconds_count{route="/v1/chat/completions"} 1.0' in text
         assert "time_per_output_token" not in text

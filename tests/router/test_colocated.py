@@ -41,9 +41,8 @@ async def test_stream_is_relayed_chunk_by_chunk() -> None:
         assert rest.endswith(b"data: [DONE]\n\n")
         assert rest.count(b"data: ") == 3
         # The load is released just after the last byte went out: wait for it, bounded.
-        await asyncio.wait_for(_until_loads_are_zero(router), 10)
-
-
-async def _until_loads_are_zero(router) -> None:
-    while not loads_are_zero(router):
-        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while not loads_are_zero(router):
+            assert loop.time() < deadline, "load counters never returned to zero"
+            await asyncio.sleep(0.01)

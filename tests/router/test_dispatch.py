@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 
 from router.config import CircuitBreakerConfig
-from tests.router.harness import loads_are_zero, metrics_with, make_config, pd_workers, regular, running_router
+from tests.router.harness import loads_are_zero, make_config, metrics_with, pd_workers, regular, running_router
 from tests.support.recording_upstream import (
     hang,
     json_reply,
@@ -21,11 +21,11 @@ from tests.support.recording_upstream import (
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
 
 
-async def _settled(router, timeout: float = 10.0) -> bool:
+async def _settled(router) -> bool:
     """True once every load counter is back to zero (cancellation runs asynchronously);
-    False if they are not within `timeout` seconds."""
+    False if they are not within 10 seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + 10.0
     while not loads_are_zero(router):
         if loop.time() > deadline:
             return False
