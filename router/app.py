@@ -27,13 +27,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from router.adapters import ADAPTERS, Adapter
+from router.adapters import ADAPTERS
+from router.adapters.base import Adapter
 from router.adapters.openai import OpenAIAdapter
 from router.admin import admin_routes
 from router.admission import AdmissionCollector, AdmissionController
-from router.auth import Authenticator, AuthError, AuthMiddleware
+from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, create_session
+from router.errors import ApiError, AuthError
 from router.inference import InferencePath
 from router.kv_events import KVEventFeed
 from router.metrics import RouterMetrics
@@ -41,7 +43,7 @@ from router.placement.planner import Planner
 from router.placement.types import PlacementPlan, RequestDescriptor
 from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
-from router.render import ApiError, error_response
+from router.render import error_response
 from router.tokenizer import load_tokenizer
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager

@@ -23,13 +23,14 @@ from types import TracebackType
 
 from starlette.types import Receive, Scope, Send
 
-from router.admission import AdmissionController, AdmissionRejected, Slot
+from router.admission import AdmissionController, Slot
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, Reply
+from router.errors import ApiError
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
 from router.prepare import PreparedRequest, payload_too_large, prepare_request
-from router.render import SSE_CONTENT_TYPE, ApiError, Headers, StreamWriter, header_list, send_body, send_error
+from router.render import SSE_CONTENT_TYPE, Headers, StreamWriter, header_list, send_body, send_error
 from router.sse import SseEventCounter
 from router.tokenizer import Tokenizer
 from router.workers.registry import WorkerRegistry
@@ -148,7 +149,8 @@ class InferencePath:
 
 
 class _Admitted:
-    """Holds an admission slot for the block; a refusal becomes the client's 429/503."""
+    """Holds an admission slot for the block; a refusal (`AdmissionRejected`, an
+    `ApiError`) propagates as the client's 429/503."""
 
     __slots__ = ("_admission", "_slot")
 
@@ -157,10 +159,7 @@ class _Admitted:
         self._slot: Slot | None = None
 
     async def __aenter__(self) -> None:
-        try:
-            self._slot = await self._admission.acquire()
-        except AdmissionRejected as exc:
-            raise ApiError.from_typed(exc) from None
+        self._slot = await self._admission.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._slot is not None
