@@ -11,12 +11,7 @@ Pure: bytes in, counts out; no clock, no I/O.
 
 from __future__ import annotations
 
-import re
-
-# A usage-only chunk: `"choices":[]` (vLLM) or `"choices": []` (json.dumps). A string
-# value cannot fake it: inside a JSON string the quotes would be escaped.
-_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_DONE = b"[DONE]"
+_CHOICES_KEY = b'"choices"'
 # Longest event kept while waiting for its end; a longer one (or a body that is not SSE)
 # is skipped uncounted rather than buffered without bound.
 MAX_EVENT_BYTES = 1 << 20
@@ -28,19 +23,28 @@ def is_output_event(event: bytes) -> bool:
     Not output: comments and events without data, `[DONE]`, usage-only chunks, error
     objects (no `choices` key).
     """
-    if event.startswith(b"data:") and b"\n" not in event:  # the common case: one data line
-        payload = event[5:]
-    else:
-        lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
-        if not lines:
-            return False
-        payload = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
-        return _carries_choices(payload)
-    return _carries_choices(payload[1:] if payload.startswith(b" ") else payload)
+    if b"\n" not in event:  # the common case: one line, `data: {...}`
+        return event.startswith(b"data:") and _carries_choices(event)
+    lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+    return _carries_choices(b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines))
 
 
 def _carries_choices(payload: bytes) -> bool:
-    return payload != _DONE and b'"choices"' in payload and _NO_CHOICES.search(payload) is None
+    """`"choices"` followed by a non-empty list: not `[DONE]`, an error object or a
+    usage-only chunk (`"choices":[]` from vLLM, `"choices": []` from json.dumps). A string
+    value cannot fake the key: inside a JSON string its quotes would be escaped."""
+    at = payload.find(_CHOICES_KEY)
+    if at < 0:
+        return False
+    after = at + len(_CHOICES_KEY)
+    compact = payload[after : after + 3]  # vLLM and SGLang write `"choices":[{` without spaces
+    if compact == b":[{":
+        return True
+    rest = payload[after : after + 64].lstrip()
+    if not rest.startswith(b":"):
+        return False
+    rest = rest[1:].lstrip()
+    return rest.startswith(b"[") and not rest[1:].lstrip().startswith(b"]")
 
 
 class SseEventCounter:
