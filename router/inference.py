@@ -68,10 +68,10 @@ class InferencePath:
         """
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        model, status, request_id = "unknown", 500, None
+        model, status, id_token = "unknown", 500, None
         try:
             prepared = self._prepare(route, await read_body(receive, headers, self._config.max_payload_size), headers)
-            request_id = request_id_var.set(prepared.descriptor.request_id)
+            id_token = request_id_var.set(prepared.descriptor.request_id)
             model = self._model_label(prepared.descriptor.model)
             writer = StreamWriter(send)
             async with self._admitted(), HangUpWatch(receive, writer) as client:
@@ -84,8 +84,8 @@ class InferencePath:
             await send_error(send, err)
         finally:
             self._metrics.request_done(route, model, status, time.perf_counter() - started)
-            if request_id is not None:
-                request_id_var.reset(request_id)
+            if id_token is not None:
+                request_id_var.reset(id_token)
 
     # -- the steps, in pipeline order -------------------------------------------------------
 
