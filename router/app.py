@@ -80,7 +80,7 @@ class RouterService:
             self.manager.add_registration_hook(self.kv_events.subscribe)
             self.metrics.registry.register(self.kv_events)
         self._rng = rng
-        self.inference = InferencePath(config, self.tokenizer, self.admission, self.metrics, self.registry)
+        self.inference = InferencePath(config, self.tokenizer, self.admission, self.metrics, self.registry, self.place)
         self.session: aiohttp.ClientSession | None = None
         self.adapter: Adapter | None = None
 

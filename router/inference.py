@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -29,6 +30,7 @@ from router.dispatch import Dispatcher, Reply
 from router.errors import ApiError
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
+from router.placement.types import PlacementPlan, RequestDescriptor
 from router.prepare import PreparedRequest, payload_too_large, prepare_request
 from router.render import SSE_CONTENT_TYPE, Headers, StreamWriter, header_list, send_body, send_error
 from router.sse import SseEventCounter
@@ -52,8 +54,10 @@ class InferencePath:
         admission: AdmissionController,
         metrics: RouterMetrics,
         registry: WorkerRegistry,
+        place: Callable[[RequestDescriptor], PlacementPlan],
     ) -> None:
         self._config = config
+        self._planner = place
         self._tokenizer = tokenizer
         self._admission = admission
         self._metrics = metrics
@@ -75,7 +79,8 @@ class InferencePath:
             model = self._model_label(prepared.descriptor.model)
             writer = StreamWriter(send)
             async with self._admitted(), HangUpWatch(receive, writer) as client:
-                reply = await self._place_and_dispatch(prepared)
+                plan = self._place(prepared)
+                reply = await self._dispatch(prepared, plan)
                 status = await self._render(prepared, reply, send, writer, started)
             if client.left:
                 status = CLIENT_CLOSED
@@ -102,12 +107,15 @@ class InferencePath:
     def _admitted(self) -> _Admitted:
         return _Admitted(self._admission)
 
-    async def _place_and_dispatch(self, prepared: PreparedRequest) -> Reply:
-        """Place the request and send it upstream. The dispatcher places every attempt
-        itself (a retry goes to other workers), so both steps are one call."""
+    def _place(self, prepared: PreparedRequest) -> PlacementPlan:
+        """Where the first attempt runs; a `PlacementError` is the client's 404/503."""
+        return self._planner(prepared.descriptor)
+
+    async def _dispatch(self, prepared: PreparedRequest, plan: PlacementPlan) -> Reply:
+        """Send the request along `plan`; the dispatcher re-places each retry itself."""
         assert self.dispatcher is not None
         try:
-            return await self.dispatcher.run(prepared)
+            return await self.dispatcher.run(prepared, plan)
         except ApiError:
             raise
         except Exception:  # a bug, not bad input or a bad upstream: still one clean answer
