@@ -23,9 +23,10 @@ FIXED_CHAT_BODY = json.dumps(
     separators=(",", ":"),
 ).encode()
 
-# GET /v1/models: gateways that discover a worker's model (smg) route a request's `model` by it.
+# GET /v1/models: smg routes a request's `model` by it, and picks its P/D protocol by `owned_by`:
+# "vllm" makes it run the sequential two-leg protocol, as our router and vllm-router do here.
 MODELS_BODY = json.dumps(
-    {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "atom-mesh-bench"}]},
+    {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "vllm"}]},
     separators=(",", ":"),
 ).encode()
 
