@@ -48,7 +48,7 @@ from benchmarks.processes import RouterUnderTest, StaticUpstreams, parse_router
 from benchmarks.report import machine_info, write_json
 from benchmarks.stream_load import report_row, run_streams
 from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
+from tests.support.processes import EngineStartError, ManagedProcess
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODES = ("json", "sse", "streams")
@@ -301,8 +301,7 @@ def measure(
     pd: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows per mode: the backend directly, then each router (skipped or failed with the reason)."""
-    if any(m in ("json", "sse") for m in modes):
-        ensure_tools()
+    ensure_tools()  # nginx serves every mode's prefill leg, wrk loads json and sse
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="atom-bench-capacity-") as tmp, running_backends(modes, Path(tmp)) as backends:
         workdir = Path(tmp)
@@ -315,7 +314,11 @@ def measure(
                 if reason:
                     rows.append({"target": router.label, "skipped": reason})
                     continue
-                proc = router.start(upstreams_for(router, backends, mode, pd))
+                try:
+                    proc = router.start(upstreams_for(router, backends, mode, pd))
+                except EngineStartError as exc:
+                    rows.append({"target": router.label, "failed": f"did not start: {exc}"[:300]})
+                    continue
                 try:
                     row = {"target": router.label, **load(proc.url, mode)}
                     row["peak_rss_mib"] = peak_rss_mib(proc.pid)
