@@ -121,7 +121,7 @@ class SimWorker:
             self.bootstrap_port = self._bootstrap_runner.addresses[0][1]
 
     async def _listen(self) -> None:
-        assert self._runner is not None
+        assert self._runner is not None and self._runner.server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
