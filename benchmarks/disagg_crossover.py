@@ -10,11 +10,13 @@ one probe at a time, while `--background` streams keep the decode worker's batch
   the second hop and the KV transfer;
 - decode-only: the plain request goes to D, which prefills it itself, inside its decode batch.
 
-Per length and way it reports the probe's TTFT and E2E (p50) and the longest pause the background
-decodes on D saw while the probe was being prefilled (the cost a local prefill puts on everyone
-else decoding there). The crossover is the shortest length at which decode-only's stall of the
-running decodes exceeds what the pair costs the probe itself (its extra TTFT): from there on,
-moving the prefill off the decode worker is worth its hop and transfer.
+With `--queued-prefills`, each probe first finds that many long prefill legs on P (the load
+that `--disagg-max-prefill-queue` weighs). Per length and way it reports the probe's TTFT and
+E2E (p50) and the longest pause the background decodes on D saw while the probe was being
+prefilled (the cost a local prefill puts on everyone else decoding there). The crossover is
+the shortest length at which decode-only's stall of the running decodes exceeds what the pair
+costs the probe itself (its extra TTFT): from there on, moving the prefill off the decode
+worker is worth its hop and transfer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Probe:
     start: float
     ttft_s: float
     e2e_s: float
+    queued: int = 0  # prefill legs already on the prefill worker when the probe was sent
 
 
 @dataclass
@@ -82,6 +85,28 @@ async def _stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         return stats
 
 
+async def _prefill_leg(http: aiohttp.ClientSession, p_url: str, prompt: str) -> dict[str, Any]:
+    """A vLLM prefill leg (`do_remote_decode`): P prefills, answers one token and its kv_transfer_params."""
+    body = {"prompt": prompt, "max_tokens": 1, "stream": False, "kv_transfer_params": {"do_remote_decode": True}}
+    async with http.post(f"{p_url}/v1/completions", json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"prefill leg answered {resp.status}: {(await resp.text())[:200]}")
+        params: dict[str, Any] = (await resp.json())["kv_transfer_params"]
+        return params
+
+
+async def _wait_for_work(http: aiohttp.ClientSession, url: str, requests: int, timeout_s: float = 60.0) -> None:
+    """Until the worker holds `requests` requests (running or waiting), within `timeout_s`."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        stats = await _stats(http, url)
+        if stats["running"] + stats["waiting"] >= requests:
+            return
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{url} never held {requests} requests at once")
+        await asyncio.sleep(0.002)
+
+
 async def _probe(
     http: aiohttp.ClientSession, way: str, p_url: str, d_url: str, prompt: str, max_tokens: int
 ) -> tuple[float, float, float]:
@@ -89,11 +114,7 @@ async def _probe(
     body = {"prompt": prompt, "max_tokens": max_tokens}
     start = time.perf_counter()
     if way == "pair":
-        leg = {**body, "max_tokens": 1, "stream": False, "kv_transfer_params": {"do_remote_decode": True}}
-        async with http.post(f"{p_url}/v1/completions", json=leg) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"prefill leg answered {resp.status}: {(await resp.text())[:200]}")
-            body["kv_transfer_params"] = (await resp.json())["kv_transfer_params"]
+        body["kv_transfer_params"] = await _prefill_leg(http, p_url, prompt)
     stamps: list[float] = []
     await _stream_tokens(http, d_url, body, stamps)
     if not stamps:
@@ -110,9 +131,13 @@ async def sweep(
     background: int = 16,
     background_output: int = 256,
     probe_output: int = 16,
+    queued_prefills: Sequence[int] = (0,),
+    queued_length: int = 2048,
     seed: int = 0,
 ) -> tuple[list[Probe], Background]:
-    """Probe every length both ways (interleaved, one at a time) over a busy decode worker."""
+    """Probe every length both ways (interleaved, one at a time) over a busy decode worker,
+    each with each number in `queued_prefills` of `queued_length`-token prefill legs already
+    on the prefill worker (what --disagg-max-prefill-queue weighs)."""
     rng = random.Random(seed)
     bg = Background()
     stop = asyncio.Event()
@@ -127,18 +152,22 @@ async def sweep(
 
         tasks = [asyncio.create_task(keep_decoding(i)) for i in range(background)]
         try:
-            # Let the background batch form: every stream running on the decode worker.
-            deadline = time.perf_counter() + 60
-            while (await _stats(http, d_url))["running"] < background:
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"the decode worker never ran {background} background streams at once")
-                await asyncio.sleep(0.05)
+            await _wait_for_work(http, d_url, background)  # the background batch has formed
             done: list[Probe] = []
             for _ in range(probes):
-                for length in lengths:
-                    for way in WAYS:
-                        start, ttft, e2e = await _probe(http, way, p_url, d_url, random_text(rng, length), probe_output)
-                        done.append(Probe(length, way, start, ttft, e2e))
+                for queued in queued_prefills:
+                    for length in lengths:
+                        for way in WAYS:
+                            ahead = [
+                                asyncio.create_task(_prefill_leg(http, p_url, random_text(rng, queued_length)))
+                                for _ in range(queued)
+                            ]
+                            try:
+                                await _wait_for_work(http, p_url, queued)
+                                start, ttft, e2e = await _probe(http, way, p_url, d_url, random_text(rng, length), probe_output)
+                            finally:
+                                await asyncio.gather(*ahead)
+                            done.append(Probe(length, way, start, ttft, e2e, queued))
         finally:
             stop.set()
             for task in tasks:
@@ -148,12 +177,12 @@ async def sweep(
 
 
 def summarize_sweep(probes: list[Probe], bg: Background) -> list[dict[str, Any]]:
-    """One row per length: p50 TTFT/E2E per way, the decode stall of each way, and the verdict."""
+    """One row per (prefill queue, length): p50 TTFT/E2E per way, the decode stall of each way, the verdict."""
     rows = []
-    for length in sorted({p.length for p in probes}):
-        row: dict[str, Any] = {"uncached_tokens": length}
+    for queued, length in sorted({(p.queued, p.length) for p in probes}):
+        row: dict[str, Any] = {"queued_prefills": queued, "uncached_tokens": length}
         for way in WAYS:
-            mine = [p for p in probes if p.length == length and p.way == way]
+            mine = [p for p in probes if p.queued == queued and p.length == length and p.way == way]
             row[f"{way}_ttft_ms"] = statistics.median(p.ttft_s for p in mine) * 1e3
             row[f"{way}_e2e_ms"] = statistics.median(p.e2e_s for p in mine) * 1e3
             # While this probe was prefilled (until its first token), how long did D's decodes stall?
@@ -165,10 +194,11 @@ def summarize_sweep(probes: list[Probe], bg: Background) -> list[dict[str, Any]]
     return rows
 
 
-def crossover(rows: list[dict[str, Any]]) -> int | None:
-    """The shortest length from which on a pair pays at every longer length measured (None: never)."""
+def crossover(rows: list[dict[str, Any]], queued: int = 0) -> int | None:
+    """The shortest length from which on a pair pays at every longer length measured with
+    `queued` prefills ahead (None: never)."""
     answer = None
-    for row in reversed(rows):
+    for row in reversed([r for r in rows if r["queued_prefills"] == queued]):
         if not row["pair_pays"]:
             break
         answer = row["uncached_tokens"]
@@ -177,12 +207,12 @@ def crossover(rows: list[dict[str, Any]]) -> int | None:
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'uncached':>9}{'pair TTFT':>11}{'d-only TTFT':>12}{'pair E2E':>10}{'d-only E2E':>11}"
+        f"{'P queue':>8}{'uncached':>9}{'pair TTFT':>11}{'d-only TTFT':>12}{'pair E2E':>10}{'d-only E2E':>11}"
         f"{'pair stall':>11}{'d-only stall':>13}  pair pays?",
     ]
     for r in rows:
         lines.append(
-            f"{r['uncached_tokens']:>9}{r['pair_ttft_ms']:>11.1f}{r['decode_only_ttft_ms']:>12.1f}"
+            f"{r['queued_prefills']:>8}{r['uncached_tokens']:>9}{r['pair_ttft_ms']:>11.1f}{r['decode_only_ttft_ms']:>12.1f}"
             f"{r['pair_e2e_ms']:>10.1f}{r['decode_only_e2e_ms']:>11.1f}"
             f"{r['pair_stall_ms']:>11.1f}{r['decode_only_stall_ms']:>13.1f}  {'yes' if r['pair_pays'] else 'no'}"
         )
@@ -194,13 +224,14 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def markdown_rows(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| uncached tokens | pair TTFT | decode-only TTFT | pair E2E | decode-only E2E "
+        "| prefill queue | uncached tokens | pair TTFT | decode-only TTFT | pair E2E | decode-only E2E "
         "| decode stall, pair | decode stall, decode-only | pair pays? |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
     for r in rows:
         out.append(
-            f"| {r['uncached_tokens']} | {r['pair_ttft_ms']:.1f} | {r['decode_only_ttft_ms']:.1f} | {r['pair_e2e_ms']:.1f} "
+            f"| {r['queued_prefills']} | {r['uncached_tokens']} | {r['pair_ttft_ms']:.1f} | {r['decode_only_ttft_ms']:.1f} "
+            f"| {r['pair_e2e_ms']:.1f} "
             f"| {r['decode_only_e2e_ms']:.1f} | {r['pair_stall_ms']:.1f} | {r['decode_only_stall_ms']:.1f} "
             f"| {'yes' if r['pair_pays'] else 'no'} |"
         )
@@ -212,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
     p.add_argument("--probes", type=int, default=5, help="Probes per length and way.")
     p.add_argument("--background", type=int, default=16, help="Streams decoding on the decode worker throughout.")
+    p.add_argument(
+        "--queued-prefills", type=int, nargs="*", default=[0], help="Prefill legs put on the prefill worker ahead of each probe."
+    )
+    p.add_argument("--queued-length", type=int, default=2048, help="Prompt tokens of each queued prefill leg.")
     p.add_argument("--sim-args", default="", help="Extra engine_sim flags, one string.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", action="store_true", help="Also print the table as Markdown.")
@@ -224,13 +259,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         p_url, d_url = fleet.urls("prefill")[0], fleet.urls("decode")[0]
         probes, bg = asyncio.run(
-            sweep(p_url, d_url, args.lengths, probes=args.probes, background=args.background, seed=args.seed)
+            sweep(
+                p_url,
+                d_url,
+                args.lengths,
+                probes=args.probes,
+                background=args.background,
+                queued_prefills=args.queued_prefills,
+                queued_length=args.queued_length,
+                seed=args.seed,
+            )
         )
     finally:
         fleet.stop()
     rows = summarize_sweep(probes, bg)
     print(format_rows(rows))
-    print(f"crossover: a pair pays from {crossover(rows)} uncached tokens on")
+    for queued in args.queued_prefills:
+        print(f"crossover with {queued} prefills queued: a pair pays from {crossover(rows, queued)} uncached tokens on")
     if args.markdown:
         print(markdown_rows(rows))
 

@@ -35,6 +35,7 @@ def test_a_pair_pays_once_the_local_prefill_stalls_decodes_longer_than_the_pair_
     assert crossover(rows) == 2048
     assert crossover(rows[:1]) is None
     assert "2048" in format_rows(rows) and markdown_rows(rows).count("\n") == 3
+    assert all(r["queued_prefills"] == 0 for r in rows)
 
 
 async def test_sweep_probes_both_ways_over_a_busy_decode_worker():
