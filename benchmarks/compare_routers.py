@@ -31,7 +31,7 @@ from benchmarks.loadgen import run_trace, summarize, summarize_by
 from benchmarks.processes import RouterUnderTest, SimFleetProcess, parse_router
 from benchmarks.report import format_modes_table, format_table, machine_info, plot_ttft, write_json
 from benchmarks.workloads import Workload, generated_shared_prefix, kv_pressure, mixed, multi_turn_chat, request_kind
-from router.config import POLICIES
+from router.policies.registry import POLICIES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure", "mixed")

@@ -1,22 +1,13 @@
-"""Typed router settings. `router.cli` builds one `RouterConfig` from flags (sglang-router's
-names where they overlap); tests and embedders build it directly."""
+"""Typed router settings, and the one place their defaults live.
+
+`router.cli` builds one `RouterConfig` from flags (sglang-router's names where they
+overlap), each flag's default read from these dataclasses; tests and embedders build it
+directly. The names `backend` and `policy` accept come from their registries
+(`router.adapters.ADAPTERS`, `router.policies.registry.POLICY_FACTORIES`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-BACKENDS = ("vllm", "vllm-mooncake", "sglang", "atom", "openai")
-POLICIES = (
-    "random",
-    "round_robin",
-    "power_of_two",
-    "least_load",
-    "cache_aware",
-    "prefix_hash",
-    "consistent_hashing",
-    "session",
-    "kv_aware",
-)
 
 
 @dataclass
@@ -51,6 +42,21 @@ class PolicyConfig:
     # kv_aware: weights of the prefix score and the load score (both in [0, 1]).
     kv_overlap_weight: float = 1.0
     kv_load_weight: float = 0.5
+
+
+@dataclass
+class DisaggConfig:
+    """When a P/D pool pairs a prefill with the chosen decode worker, and when decode
+    prefills the prompt itself (`router.placement.disagg_decider` has the rule)."""
+
+    # Pair every request, even where the backend could serve it decode-only.
+    always_pair: bool = False
+    # Pair only when the decode worker lacks at least this many of the prompt's tokens:
+    # below it, the KV transfer and the second hop cost more than prefilling locally.
+    min_uncached_tokens: int = 256
+    # When every prefill candidate already has this many requests in flight, decode
+    # prefills locally instead of queueing behind them (0: never).
+    max_prefill_queue: int = 8
 
 
 @dataclass
@@ -102,6 +108,7 @@ class RouterConfig:
     prefill_policy: str | None = None
     decode_policy: str | None = None
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+    disagg: DisaggConfig = field(default_factory=DisaggConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     health: HealthCheckConfig = field(default_factory=HealthCheckConfig)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from router.placement.types import RequestDescriptor
-from router.render import ApiError
+from router.errors import ApiError
+from router.placement.types import RequestDescriptor, estimate_prompt_tokens
 from router.tokenizer import Tokenizer
 
 CHAT_ROUTE = "/v1/chat/completions"
@@ -57,12 +57,12 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: TokenLimit | None = None
 
 
-Prompt = Union[
-    StrictStr,
-    Annotated[list[StrictStr], Field(min_length=1)],
-    Annotated[list[StrictInt], Field(min_length=1)],
-    Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)],
-]
+Prompt = (
+    StrictStr
+    | Annotated[list[StrictStr], Field(min_length=1)]
+    | Annotated[list[StrictInt], Field(min_length=1)]
+    | Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)]
+)
 
 
 class CompletionRequest(_Common):
@@ -181,7 +181,7 @@ def prepare_request(
         max_out = parsed.max_tokens
     if tokens is None and tokenizer is not None:
         tokens = tokenizer.encode(text)
-    prompt_estimate = len(tokens) if tokens is not None else len(text) // 4 + 1
+    prompt_estimate = estimate_prompt_tokens(text, tokens)
     descriptor = RequestDescriptor(
         request_id=_request_id(headers, request_id_headers),
         model=parsed.model,
@@ -190,5 +190,6 @@ def prepare_request(
         routing_tokens=tokens,
         session_key=headers.get(session_header) or None,
         estimated_tokens=(prompt_estimate + (max_out or 0)) * batch_size * (parsed.n or 1),
+        prompt_tokens=prompt_estimate,
     )
     return PreparedRequest(route=route, raw=raw, body=body, descriptor=descriptor, batch_size=batch_size)

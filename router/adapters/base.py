@@ -66,6 +66,10 @@ class Adapter(abc.ABC):
     name: ClassVar[str]
     # True: plans are `Pair`s (prefill + decode); False: `Single` co-located workers.
     disaggregated: ClassVar[bool] = True
+    # True: the protocol's decode workers also serve a plain request on their own
+    # (prefilling locally), so the planner may send a `Single` to a decode worker.
+    # False: decode needs a prefill leg every time and P/D pools always pair.
+    runs_decode_only: ClassVar[bool] = False
 
     def __init__(self, http: aiohttp.ClientSession) -> None:
         self.http = http
@@ -81,6 +85,10 @@ class Adapter(abc.ABC):
         """Run the request's upstream legs; return the response for the client."""
 
     # Helpers shared by the protocols -------------------------------------------------
+
+    async def send_whole(self, plan: Single, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
+        """The client's bytes, unchanged, to one worker that runs the whole request."""
+        return Upstream(plan.worker, await self.post(plan.worker, request.route, request.raw, headers))
 
     async def post(self, worker: Worker, route: str, data: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """POST `data` to `worker`; a connection failure becomes `LegFailure(status=None)`."""
