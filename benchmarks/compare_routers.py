@@ -122,7 +122,8 @@ def run_one(router: RouterUnderTest, workload: Workload, opts: Options, mode: Di
         if router.kind != "atom":
             return {"router": label, "mode": mode.name, "skipped": "the disaggregation modes are flags of our router"}
         extra = mode.router_args + (tuple(opts.conditional_args) if mode.name == "conditional" else ())
-        router = replace(router, extra_args=router.extra_args + extra)
+        # Every mode counts prompt tokens exactly, as a deployment that sets --tokenizer-path does.
+        router = replace(router, extra_args=router.extra_args + extra, tokenize=True)
     reason = router.unavailable_reason(pd_protocol)
     if reason:
         return {"router": label, "skipped": reason}
