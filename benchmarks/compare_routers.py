@@ -217,15 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The run an argument list asks for; `--disagg-modes` alone means all three, on `mixed`."""
     try:
         routers = [parse_router(r) for r in (args.routers or PRESETS[args.preset])]
     except ValueError as exc:
         raise SystemExit(f"compare_routers: {exc}") from None
     disagg_modes = [] if args.disagg_modes is None else (args.disagg_modes or list(DISAGG_MODES))
     workloads = args.workloads or (["mixed"] if disagg_modes else list(DEFAULT_WORKLOADS))
-    opts = Options(
+    return Options(
         routers=routers,
         workloads=workloads,
         workers=args.workers,
@@ -239,8 +239,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         disagg_modes=disagg_modes,
         conditional_args=shlex.split(args.conditional_args),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    opts = options_from_args(args)
     result = run_comparison(opts)
-    kind = "-disagg" if disagg_modes else ("-pd-" + args.pd if args.pd else "")
+    kind = "-disagg" if opts.disagg_modes else ("-pd-" + args.pd if args.pd else "")
     stem = f"compare{kind}-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     print(f"results: {write_json(result, opts.out_dir, stem)}")
     if opts.plot:

@@ -148,3 +148,16 @@ def test_modes_table_gives_each_run_as_a_ratio_to_the_best_of_them():
     md = markdown_modes_table(runs).splitlines()
     assert len(md) == 2 + len(runs) and md[2].count("|") == md[0].count("|")
     assert "| 0% | 2.00x | 1.25x | 1.25x | 0.94x |" in md[2]
+
+
+def test_disagg_modes_flag_means_all_three_ways_on_the_mixed_trace():
+    from benchmarks.compare_routers import DEFAULT_WORKLOADS, build_parser, options_from_args
+
+    opts = options_from_args(build_parser().parse_args(["--routers", "atom:cache_aware", "--disagg-modes"]))
+    assert opts.disagg_modes == ["always-pair", "conditional", "co-located"] and opts.workloads == ["mixed"]
+    opts = options_from_args(
+        build_parser().parse_args(["--disagg-modes", "conditional", "--conditional-args", "--disagg-max-prefill-queue 2"])
+    )
+    assert opts.disagg_modes == ["conditional"] and opts.conditional_args == ["--disagg-max-prefill-queue", "2"]
+    opts = options_from_args(build_parser().parse_args([]))
+    assert opts.disagg_modes == [] and opts.workloads == list(DEFAULT_WORKLOADS)
