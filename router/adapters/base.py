@@ -64,8 +64,6 @@ class Adapter(abc.ABC):
     """Speaks one engine family's protocol over the router's shared HTTP session."""
 
     name: ClassVar[str]
-    # True: plans are `Pair`s (prefill + decode); False: `Single` co-located workers.
-    disaggregated: ClassVar[bool] = True
     # True: the protocol's decode workers also serve a plain request on their own
     # (prefilling locally), so the planner may send a `Single` to a decode worker.
     # False: decode needs a prefill leg every time and P/D pools always pair.
@@ -79,6 +77,7 @@ class Adapter(abc.ABC):
 
         Raise to report the worker as unusable; the message should say what to fix.
         """
+        return None
 
     @abc.abstractmethod
     async def send(self, plan: PlacementPlan, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
@@ -94,7 +93,7 @@ class Adapter(abc.ABC):
         """POST `data` to `worker`; a connection failure becomes `LegFailure(status=None)`."""
         try:
             return await self.http.post(worker.url + route, data=data, headers=headers)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise LegFailure(worker, f"cannot reach {worker.role.value} worker {worker.url}: {exc!r}") from exc
 
     async def post_leg(
@@ -104,7 +103,7 @@ class Adapter(abc.ABC):
         resp = await self.post(worker, route, orjson.dumps(body), headers)
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             resp.close()
             raise LegFailure(worker, f"{worker.role.value} worker {worker.url} dropped the connection: {exc!r}") from exc
         finally:
@@ -132,7 +131,7 @@ class Adapter(abc.ABC):
                 if resp.status != 200:
                     raise LegFailure(worker, f"GET {url} answered {resp.status}", status=502, body=data)
                 return orjson.loads(data)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
             raise LegFailure(worker, f"GET {url} failed: {exc!r}") from exc
 
 
