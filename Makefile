@@ -1,7 +1,7 @@
 # The two commands of the README. Both set themselves up first (idempotent, fast on re-runs).
 PY := .venv/bin/python
 
-.PHONY: setup setup-sglang demo test test-fast clean
+.PHONY: setup setup-sglang demo lint test test-fast clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,11 +14,18 @@ setup-sglang:
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-test: setup setup-sglang
+# The shipped packages: linted (ruff) and type-checked (mypy); findings fail the build.
+SHIPPED := router kv_connector engine_sim plugins/vllm_atom plugins/sglang_atom plugins/atom_models
+
+lint: setup
+	.venv/bin/ruff check $(SHIPPED) benchmarks testbed scripts tests
+	.venv/bin/mypy $(SHIPPED)
+
+test: setup setup-sglang lint
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not engine and not slow" $(PYTEST_ARGS)
 
 clean:
-	rm -rf .venv .venv-sglang build *.egg-info .pytest_cache
+	rm -rf .venv .venv-sglang build *.egg-info .pytest_cache .mypy_cache .ruff_cache
