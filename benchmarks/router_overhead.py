@@ -22,8 +22,8 @@ from typing import Any
 
 from benchmarks.processes import RouterUnderTest, StaticUpstreams, parse_router
 from benchmarks.report import machine_info, write_json
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_ROUTERS = (

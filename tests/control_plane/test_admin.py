@@ -11,7 +11,7 @@ from router.config import HealthCheckConfig, RouterConfig
 from router.load_guard import LoadGuard
 from router.workers.lifecycle import WorkerManager, WorkerRequestError
 from router.workers.registry import WorkerRegistry
-from tests.support.ports import free_port
+from testbed.ports import free_port
 
 ADMIN = {"Authorization": "Bearer adm"}
 

@@ -18,7 +18,7 @@ from router.workers.lifecycle import (
 )
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Role, WorkerState as S
-from tests.support.ports import free_port
+from testbed.ports import free_port
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from kv_connector.consumer import ConsumerConfig, KVConsumer  # noqa: E402
 from kv_connector.layout import KVLayout, Region  # noqa: E402
 from kv_connector.mooncake import MooncakeTransport  # noqa: E402
 from kv_connector.producer import KVProducer, ProducerConfig  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
+from testbed.ports import free_port  # noqa: E402
 
 LAYERS, BLOCKS, PAGE = 2, 8, 256
 

@@ -16,10 +16,10 @@ import signal
 import aiohttp
 import pytest
 
-from tests.kv_connector.pd_client import complete, pd_legs
-from tests.support.ports import free_port
-from tests.support.router_process import start_router
-from tests.support.vllm_engine import atom_kv_transfer_config, start_vllm
+from testbed.ports import free_port
+from testbed.router_process import start_router
+from testbed.vllm_engine import atom_kv_transfer_config, start_vllm
+from tests.support.pd_client import complete, pd_legs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import pytest
 
 from router.adapters import ADAPTERS
 from router.adapters.sglang import merge_input_logprobs
-from tests.router.harness import loads_are_zero, make_config, pd_workers, running_router
+from tests.support.inprocess_router import loads_are_zero, make_config, pd_workers, running_router
 from tests.support.recording_upstream import (
     after,
     completion_body,
