@@ -23,7 +23,7 @@ from benchmarks.loadgen import run_trace, summarize
 from benchmarks.processes import RouterUnderTest, SimFleetProcess, parse_router
 from benchmarks.report import format_table, machine_info, plot_ttft, write_json
 from benchmarks.workloads import Workload, generated_shared_prefix, kv_pressure, multi_turn_chat
-from router.config import POLICIES
+from router.policies.registry import POLICIES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure")

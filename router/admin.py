@@ -12,11 +12,13 @@
 A worker object carries its load counters (`in_flight_requests`), breaker and health
 counters, so tests and operators can check that counters return to zero after faults.
 
+Bad bodies are 400 `invalid_worker` errors whose `param` names the field, from the same
+validation as `--config-file` entries (router.workers.specs).
+
 Wiring (router/app.py): at app start `routes += admin_routes(manager, render_error)` where
-`manager` is the app's `WorkerManager` and `render_error` turns a typed error (status_code,
-error_type, code, message) into an OpenAI error response. The admin key is enforced by
-`router.auth.AuthMiddleware` (these paths are in its admin scope). Nothing per request or
-at shutdown.
+`manager` is the app's `WorkerManager` and `render_error` is `router.render.error_response`.
+The admin key is enforced by `router.auth.AuthMiddleware` (these paths are in its admin
+scope). Nothing per request or at shutdown.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.auth import RenderError
 from router.config import WorkerSpec
-from router.workers.lifecycle import WorkerManager, WorkerRequestError, WorkerStartFailedError
+from router.errors import WorkerRequestError, WorkerStartFailedError
+from router.render import RenderError
+from router.workers.lifecycle import WorkerManager
+from router.workers.specs import parse_worker_spec
 from router.workers.worker import Worker, WorkerState
-
-_SPEC_FIELDS = {"url", "role", "bootstrap_port", "model", "labels", "kv_events_endpoint", "wait"}
 
 
 def worker_json(worker: Worker, manager: WorkerManager) -> dict[str, Any]:
@@ -63,35 +65,12 @@ def worker_json(worker: Worker, manager: WorkerManager) -> dict[str, Any]:
     }
 
 
-def parse_worker_spec(body: Any) -> tuple[WorkerSpec, bool]:
-    """Validate a POST /workers body; return the spec and the `wait` flag."""
-    if not isinstance(body, dict):
-        raise WorkerRequestError("body must be a JSON object such as {\"url\": \"http://host:port\"}")
-    unknown = set(body) - _SPEC_FIELDS
-    if unknown:
-        raise WorkerRequestError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_SPEC_FIELDS)}")
-    url = body.get("url")
-    if not isinstance(url, str) or not url:
-        raise WorkerRequestError("field 'url' (string, e.g. \"http://host:port\") is required")
-    role = body.get("role", "regular")
-    port = body.get("bootstrap_port")
-    model = body.get("model")
-    labels = body.get("labels", {})
-    kv_events = body.get("kv_events_endpoint")
+def parse_add_request(body: Any) -> tuple[WorkerSpec, bool]:
+    """A POST /workers body: the worker spec (`router.workers.specs`) and the `wait` flag."""
+    spec = parse_worker_spec(body, handled=("wait",))
     wait = body.get("wait", False)
-    if not isinstance(role, str):
-        raise WorkerRequestError("field 'role' must be a string: regular, prefill or decode")
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
-        raise WorkerRequestError("field 'bootstrap_port' must be an integer or null")
-    if model is not None and not isinstance(model, str):
-        raise WorkerRequestError("field 'model' must be a string or null")
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise WorkerRequestError("field 'labels' must be an object of string values")
-    if kv_events is not None and not isinstance(kv_events, str):
-        raise WorkerRequestError("field 'kv_events_endpoint' must be a string such as \"tcp://host:5557\" or null")
     if not isinstance(wait, bool):
-        raise WorkerRequestError("field 'wait' must be true or false")
-    spec = WorkerSpec(url=url, role=role, bootstrap_port=port, model=model, labels=labels, kv_events_endpoint=kv_events)
+        raise WorkerRequestError("field 'wait' must be true or false", param="wait")
     return spec, wait
 
 
@@ -119,7 +98,7 @@ def admin_routes(manager: WorkerManager, render_error: RenderError) -> list[Rout
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
             raise WorkerRequestError(f"body is not valid JSON: {exc}") from None
-        spec, wait = parse_worker_spec(body)
+        spec, wait = parse_add_request(body)
         worker = await manager.add(spec, wait=wait)
         if not wait:
             return _json(worker_json(worker, manager), 202)

@@ -14,12 +14,11 @@ Wiring (router/app.py):
 - Per inference request, around prepare..render (the whole time an upstream is busy,
   streaming included):
 
-      try:
-          async with admission.admit():
-              ...  # the stream must be fully sent (or aborted) before the block ends
-      except AdmissionRejected as err:
-          # render err.status_code / err.error_type / err.code / err.message as an OpenAI
-          # error body and add err.headers() (Retry-After) to the response
+      async with admission.admit():  # or raises `router.errors.AdmissionRejected`
+          ...  # the stream must be fully sent (or aborted) before the block ends
+
+  A rejection is an `ApiError` like any other: the app renders its status, OpenAI body
+  and Retry-After header.
 
   For a streaming response, enter with `slot = await admission.acquire()` before
   returning the StreamingResponse and call `slot.release()` (idempotent) in the stream's
@@ -32,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,39 +40,9 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from router.config import AdmissionConfig
+from router.errors import QueueFull, QueueTimeout, RateLimited
 
 logger = logging.getLogger("atom_mesh.admission")
-
-
-class AdmissionRejected(Exception):
-    """A request refused before any upstream saw it. Same fields as `PlacementError`."""
-
-    status_code = 429
-    error_type = "rate_limit_exceeded"
-    code = "rejected"
-
-    def __init__(self, message: str, retry_after_secs: float) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after_secs = retry_after_secs
-
-    def headers(self) -> dict[str, str]:
-        """HTTP headers for the error response (Retry-After in whole seconds, at least 1)."""
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after_secs)))}
-
-
-class RateLimited(AdmissionRejected):
-    code = "rate_limited"
-
-
-class QueueFull(AdmissionRejected):
-    code = "queue_full"
-
-
-class QueueTimeout(AdmissionRejected):
-    status_code = 503
-    error_type = "service_unavailable"
-    code = "queue_timeout"
 
 
 @dataclass
@@ -157,7 +125,7 @@ class AdmissionController:
             wait = self._bucket.try_take(self._clock())
             if wait > 0:
                 self._reject("rate_limited")
-                raise RateLimited("rate limit exceeded; retry after the Retry-After delay", wait)
+                raise RateLimited("rate limit exceeded; retry after the Retry-After delay", retry_after=wait)
         if self._limit <= 0:
             return Slot(None)
         if self.active < self._limit and not self.queued:
@@ -168,7 +136,7 @@ class AdmissionController:
             raise QueueFull(
                 f"router is at its limit of {self._limit} concurrent requests and its queue "
                 f"({self.config.queue_size}) is full; retry later",
-                1.0,
+                retry_after=1.0,
             )
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -181,7 +149,7 @@ class AdmissionController:
             self._reject("queue_timeout")
             raise QueueTimeout(
                 f"request waited {self.config.queue_timeout_secs:g}s in the admission queue; retry later",
-                self.config.queue_timeout_secs,
+                retry_after=self.config.queue_timeout_secs,
             ) from None
         except asyncio.CancelledError:
             # Cancelled (client gone) after the slot was handed over: pass it on.

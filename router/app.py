@@ -29,13 +29,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from router.adapters import ADAPTERS, Adapter
+from router.adapters import ADAPTERS
+from router.adapters.base import Adapter
 from router.adapters.openai import OpenAIAdapter
 from router.admin import admin_routes
-from router.admission import AdmissionCollector, AdmissionController, AdmissionRejected
-from router.auth import AuthError, Authenticator, AuthMiddleware
+from router.admission import AdmissionCollector, AdmissionController
+from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, Reply, create_session
+from router.errors import AdmissionRejected, ApiError, AuthError
 from router.kv_events import KVEventFeed
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
@@ -43,15 +45,7 @@ from router.placement.planner import Planner
 from router.placement.types import PlacementPlan, RequestDescriptor
 from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE, PreparedRequest, payload_too_large, prepare_request
-from router.render import (
-    SSE_CONTENT_TYPE,
-    ApiError,
-    StreamWriter,
-    error_response,
-    header_list,
-    send_body,
-    send_error,
-)
+from router.render import SSE_CONTENT_TYPE, StreamWriter, error_response, header_list, send_body, send_error
 from router.tokenizer import load_tokenizer
 from router.workers.lifecycle import WorkerCollector, WorkerManager
 from router.workers.registry import WorkerRegistry

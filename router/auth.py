@@ -5,54 +5,35 @@ characters matched; `hmac.compare_digest` does not. Keys are compared as UTF-8 b
 non-ASCII input cannot raise.
 
 Which key a path needs (`path_scope`): `/workers...` is admin (the admin key, which
-falls back to the api key in `router.cli`); `/health`, `/liveness`, `/readiness` and
-`/metrics` are public (orchestrators and Prometheus probe them without secrets);
-everything else is inference. A scope with no key configured is open.
+falls back to the api key); `/health`, `/liveness`, `/readiness` and `/metrics` are
+public (orchestrators and Prometheus probe them without secrets); everything else is
+inference. A scope with no key configured is open.
 
 Wiring (router/app.py):
 - At app start: `app.add_middleware(AuthMiddleware, authenticator=Authenticator(config.api_key,
-  config.admin_api_key), render_error=<render's OpenAI error-response function>)` — it
-  answers 401 before any route runs, for every route including ones added later.
-  `render_error(err)` gets an `AuthError` (status_code, error_type, code, message,
-  headers()) and returns a Starlette `Response`: the error shape lives in one place.
-  Nothing per request, nothing at shutdown.
+  config.admin_api_key), render_error=router.render.error_response)` — it answers 401
+  (`router.errors.AuthError`) before any route runs, for every route including ones
+  added later. Nothing per request, nothing at shutdown.
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Callable
 
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-# Turns a typed router error into the OpenAI-shaped HTTP response (router.render owns it).
-RenderError = Callable[[Exception], Response]
+from router.errors import AuthError
+from router.render import RenderError
 
 PUBLIC_PATHS = frozenset({"/health", "/liveness", "/readiness", "/metrics"})
 ADMIN_PREFIX = "/workers"
 
 
-class AuthScope(str, enum.Enum):
+class AuthScope(enum.StrEnum):
     PUBLIC = "public"
     INFERENCE = "inference"
     ADMIN = "admin"
-
-
-class AuthError(Exception):
-    """Missing or wrong key. Same fields as `PlacementError`, rendered as OpenAI's 401."""
-
-    status_code = 401
-    error_type = "invalid_request_error"
-    code = "invalid_api_key"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
 
 
 def path_scope(path: str) -> AuthScope:

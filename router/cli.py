@@ -1,27 +1,51 @@
 """Command line: `atom-router` / `python -m router`.
 
 Flag names follow `sglang-router launch` where they overlap so teams can swap it in.
+Each settings flag names the `RouterConfig` field it sets (its argparse `dest`, e.g.
+"retry.max_retries"); its default and type are read from the config dataclasses, so a
+default lives only in router.config. Backend and policy choices come from their
+registries. Worker specs from flags and `--config-file` get the admin API's validation
+(router.workers.specs); a bad one is a one-line error and exit status 2, like any usage
+error.
+
 Imports stay light: `--help` must not import the server stack, vllm, sglang or torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from router.config import (
-    BACKENDS,
-    POLICIES,
-    AdmissionConfig,
-    CircuitBreakerConfig,
-    HealthCheckConfig,
-    PolicyConfig,
-    RetryConfig,
-    RouterConfig,
-    WorkerSpec,
-)
+from router.adapters import ADAPTERS
+from router.config import RouterConfig, WorkerSpec
+from router.errors import WorkerRequestError
+from router.policies.registry import POLICIES
+from router.workers.specs import parse_worker_spec, validate_spec
+
+_DEFAULTS = RouterConfig()
+
+
+class UsageError(Exception):
+    """A command line or config file the router cannot start with; printed as one line."""
+
+
+def _option(group: argparse._ArgumentGroup, flag: str, field: str, **kwargs: Any) -> None:
+    """A flag that sets `RouterConfig` field `field` ("port", "retry.max_retries"), with the
+    dataclass's default and, unless given, the default's type."""
+    default: Any = _DEFAULTS
+    for part in field.split("."):
+        default = getattr(default, part)
+    if isinstance(default, list):
+        default = list(default)  # never share the defaults' list with a parsed config
+    elif default is not None and "action" not in kwargs:
+        kwargs.setdefault("type", type(default))
+    if "action" not in kwargs and "choices" not in kwargs:
+        kwargs.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))  # not the dotted dest
+    group.add_argument(flag, dest=field, default=default, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,18 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="OpenAI-compatible router for co-located and prefill/decode-disaggregated engines.",
     )
     g = p.add_argument_group("Workers")
-    g.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
-    g.add_argument("--port", type=int, default=30000, help="Port to listen on.")
+    _option(g, "--host", "host", help="Address to listen on.")
+    _option(g, "--port", "port", help="Port to listen on.")
     g.add_argument("--worker-urls", nargs="*", default=[], help="Co-located (regular) worker URLs.")
     g.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=tuple(ADAPTERS),
         default=None,
         help="Engine P/D wire protocol: vllm (serial, NIXL-style kv_transfer_params), "
         "vllm-mooncake (concurrent, vLLM MooncakeConnector), sglang (bootstrap room), "
         "atom (relay), openai (co-located only). Default: sglang with --pd-disaggregation, else openai.",
     )
-    g.add_argument("--pd-disaggregation", action="store_true", help="Prefill/decode disaggregated mode.")
+    _option(g, "--pd-disaggregation", "pd_disaggregation", action="store_true", help="Prefill/decode disaggregated mode.")
     g.add_argument(
         "--prefill",
         nargs="+",
@@ -54,178 +78,188 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--config-file",
         default=None,
-        help="JSON file with a 'workers' list (url, role, bootstrap_port, model, labels, kv_events_endpoint).",
+        help='JSON file {"workers": [{"url", "role", "bootstrap_port", "model", "labels", "kv_events_endpoint"}, ...]}.',
     )
-    g.add_argument("--worker-startup-timeout-secs", type=float, default=1800)
-    g.add_argument("--worker-startup-check-interval", type=float, default=30)
+    _option(g, "--worker-startup-timeout-secs", "worker_startup_timeout_secs")
+    _option(g, "--worker-startup-check-interval", "worker_startup_check_interval")
 
     r = p.add_argument_group("Routing policy")
-    r.add_argument("--policy", choices=POLICIES, default="cache_aware")
-    r.add_argument("--prefill-policy", choices=POLICIES, default=None)
-    r.add_argument("--decode-policy", choices=POLICIES, default=None)
-    r.add_argument("--cache-threshold", type=float, default=0.3)
-    r.add_argument("--balance-abs-threshold", type=int, default=64)
-    r.add_argument("--balance-rel-threshold", type=float, default=1.5)
-    r.add_argument("--eviction-interval-secs", type=int, default=60)
-    r.add_argument("--max-tree-size", type=int, default=2**26)
-    r.add_argument("--session-header", default="x-session-id", help="Header whose value keys session affinity.")
-    r.add_argument("--prefix-key-length", type=int, default=256, help="Characters (or tokens) of the routing text that key prefix_hash.")
-    r.add_argument("--hash-load-factor", type=float, default=1.25, help="Bounded-load factor for prefix_hash / consistent_hashing.")
-    r.add_argument("--max-sessions", type=int, default=2**20, help="Session-affinity entries kept (least recently used dropped).")
-    r.add_argument("--tokenizer-path", default=None, help="Tokenizer dir or tokenizer.json for token-level routing keys.")
-    r.add_argument(
+    _option(r, "--policy", "policy", choices=POLICIES)
+    _option(r, "--prefill-policy", "prefill_policy", choices=POLICIES)
+    _option(r, "--decode-policy", "decode_policy", choices=POLICIES)
+    _option(r, "--cache-threshold", "policy_config.cache_threshold")
+    _option(r, "--balance-abs-threshold", "policy_config.balance_abs_threshold")
+    _option(r, "--balance-rel-threshold", "policy_config.balance_rel_threshold")
+    _option(r, "--eviction-interval-secs", "policy_config.eviction_interval_secs")
+    _option(r, "--max-tree-size", "policy_config.max_tree_size")
+    _option(
+        r, "--session-header", "policy_config.session_header", type=str.lower, help="Header whose value keys session affinity."
+    )
+    _option(
+        r,
+        "--prefix-key-length",
+        "policy_config.prefix_key_length",
+        help="Characters (or tokens) of the routing text that key prefix_hash.",
+    )
+    _option(
+        r,
+        "--hash-load-factor",
+        "policy_config.hash_load_factor",
+        help="Bounded-load factor for prefix_hash / consistent_hashing.",
+    )
+    _option(
+        r, "--max-sessions", "policy_config.max_sessions", help="Session-affinity entries kept (least recently used dropped)."
+    )
+    _option(r, "--tokenizer-path", "tokenizer_path", help="Tokenizer dir or tokenizer.json for token-level routing keys.")
+    _option(
+        r,
         "--kv-events-port",
+        "kv_events_port",
         type=int,
-        default=None,
         help="kv_aware: read each worker's KV events (vLLM --kv-events-config, ZMQ) from tcp://<worker host>:PORT "
         "unless the worker names its own kv_events_endpoint (config file / admin API).",
     )
-    r.add_argument("--kv-overlap-weight", type=float, default=1.0, help="kv_aware: weight of the cached-prefix score.")
-    r.add_argument("--kv-load-weight", type=float, default=0.5, help="kv_aware: weight of the load score.")
+    _option(r, "--kv-overlap-weight", "policy_config.kv_overlap_weight", help="kv_aware: weight of the cached-prefix score.")
+    _option(r, "--kv-load-weight", "policy_config.kv_load_weight", help="kv_aware: weight of the load score.")
 
     q = p.add_argument_group("Requests, admission and security")
-    q.add_argument("--request-timeout-secs", type=float, default=1800)
-    q.add_argument("--max-payload-size", type=int, default=512 * 1024 * 1024)
-    q.add_argument("--max-concurrent-requests", type=int, default=-1, help="-1: unlimited.")
-    q.add_argument("--queue-size", type=int, default=100)
-    q.add_argument("--queue-timeout-secs", type=float, default=60)
-    q.add_argument("--rate-limit-tokens-per-second", type=float, default=None)
-    q.add_argument("--api-key", default=None, help="Bearer key required on inference endpoints.")
-    q.add_argument("--admin-api-key", default=None, help="Bearer key required on /workers* (default: --api-key).")
-    q.add_argument("--tls-cert-path", default=None)
-    q.add_argument("--tls-key-path", default=None)
-    q.add_argument("--request-id-headers", nargs="*", default=["x-request-id"])
+    _option(q, "--request-timeout-secs", "request_timeout_secs")
+    _option(q, "--max-payload-size", "max_payload_size")
+    _option(q, "--max-concurrent-requests", "admission.max_concurrent_requests", help="-1: unlimited.")
+    _option(q, "--queue-size", "admission.queue_size")
+    _option(q, "--queue-timeout-secs", "admission.queue_timeout_secs")
+    _option(q, "--rate-limit-tokens-per-second", "admission.rate_limit_tokens_per_second", type=float)
+    _option(q, "--api-key", "api_key", help="Bearer key required on inference endpoints.")
+    _option(q, "--admin-api-key", "admin_api_key", help="Bearer key required on /workers* (default: --api-key).")
+    _option(q, "--tls-cert-path", "tls_cert_path")
+    _option(q, "--tls-key-path", "tls_key_path")
+    _option(q, "--request-id-headers", "request_id_headers", nargs="*", type=str.lower)
 
     t = p.add_argument_group("Retries and circuit breaker")
-    t.add_argument("--retry-max-retries", type=int, default=5)
-    t.add_argument("--retry-initial-backoff-ms", type=int, default=50)
-    t.add_argument("--retry-max-backoff-ms", type=int, default=30_000)
-    t.add_argument("--retry-backoff-multiplier", type=float, default=1.5)
-    t.add_argument("--retry-jitter-factor", type=float, default=0.2)
-    t.add_argument("--disable-retries", action="store_true")
-    t.add_argument("--cb-failure-threshold", type=int, default=10)
-    t.add_argument("--cb-success-threshold", type=int, default=3)
-    t.add_argument("--cb-timeout-duration-secs", type=float, default=60)
-    t.add_argument("--cb-window-duration-secs", type=float, default=120)
-    t.add_argument("--disable-circuit-breaker", action="store_true")
+    _option(t, "--retry-max-retries", "retry.max_retries")
+    _option(t, "--retry-initial-backoff-ms", "retry.initial_backoff_ms")
+    _option(t, "--retry-max-backoff-ms", "retry.max_backoff_ms")
+    _option(t, "--retry-backoff-multiplier", "retry.backoff_multiplier")
+    _option(t, "--retry-jitter-factor", "retry.jitter_factor")
+    _option(t, "--disable-retries", "retry.enabled", action="store_false")
+    _option(t, "--cb-failure-threshold", "circuit_breaker.failure_threshold")
+    _option(t, "--cb-success-threshold", "circuit_breaker.success_threshold")
+    _option(t, "--cb-timeout-duration-secs", "circuit_breaker.timeout_duration_secs")
+    _option(t, "--cb-window-duration-secs", "circuit_breaker.window_duration_secs")
+    _option(t, "--disable-circuit-breaker", "circuit_breaker.enabled", action="store_false")
 
     h = p.add_argument_group("Health checks")
-    h.add_argument("--health-failure-threshold", type=int, default=3)
-    h.add_argument("--health-success-threshold", type=int, default=2)
-    h.add_argument("--health-check-timeout-secs", type=float, default=5)
-    h.add_argument("--health-check-interval-secs", type=float, default=60)
-    h.add_argument("--health-check-endpoint", default="/health")
-    h.add_argument("--disable-health-check", action="store_true")
+    _option(h, "--health-failure-threshold", "health.failure_threshold")
+    _option(h, "--health-success-threshold", "health.success_threshold")
+    _option(h, "--health-check-timeout-secs", "health.timeout_secs")
+    _option(h, "--health-check-interval-secs", "health.interval_secs")
+    _option(h, "--health-check-endpoint", "health.endpoint")
+    _option(h, "--disable-health-check", "health.enabled", action="store_false")
 
     o = p.add_argument_group("Observability")
-    o.add_argument("--prometheus-host", default=None, help="Serve metrics on a separate listener too.")
-    o.add_argument("--prometheus-port", type=int, default=None)
-    o.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    o.add_argument("--log-json", action="store_true", help="One JSON object per log line.")
-    o.add_argument("--seed", type=int, default=None, help="Seed for random policies (reproducible tests).")
+    _option(o, "--prometheus-host", "prometheus_host", help="Serve metrics on a separate listener too.")
+    _option(o, "--prometheus-port", "prometheus_port", type=int)
+    _option(o, "--log-level", "log_level", choices=["debug", "info", "warning", "error"])
+    _option(o, "--log-json", "log_json", action="store_true", help="One JSON object per log line.")
+    _option(o, "--seed", "seed", type=int, help="Seed for random policies (reproducible tests).")
     return p
 
 
-def _parse_bootstrap_port(values: list[str]) -> int | None:
-    if len(values) < 2 or values[1].lower() == "none":
-        return None
+def _from_flags(defaults: Any, args: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
+    """A config dataclass like `defaults` from the flags whose dest is one of its fields
+    (a nested section's as "section.field"); fields without a flag keep their default."""
+    values: dict[str, Any] = dict(overrides)
+    for f in dataclasses.fields(defaults):
+        dest = prefix + f.name
+        default = getattr(defaults, f.name)
+        if f.name in values:
+            continue
+        if dataclasses.is_dataclass(default):
+            values[f.name] = _from_flags(default, args, dest + ".")
+        elif hasattr(args, dest):
+            values[f.name] = getattr(args, dest)
+    return type(defaults)(**values)
+
+
+def _flag_workers(args: argparse.Namespace) -> list[WorkerSpec]:
+    """Workers from --worker-urls, --prefill and --decode, checked like any worker spec."""
+    flagged: list[tuple[str, WorkerSpec]] = [(f"--worker-urls {u}", WorkerSpec(url=u)) for u in args.worker_urls]
+    for values in args.prefill:
+        flag = "--prefill " + " ".join(values)
+        if len(values) > 2:
+            raise UsageError(f"{flag}: takes URL [BOOTSTRAP_PORT]")
+        port: int | None = None
+        if len(values) == 2 and values[1].lower() != "none":
+            try:
+                port = int(values[1])
+            except ValueError:
+                raise UsageError(f"{flag}: bootstrap port must be an integer or 'none'") from None
+        flagged.append((flag, WorkerSpec(url=values[0], role="prefill", bootstrap_port=port)))
+    flagged += [(f"--decode {v[0]}", WorkerSpec(url=v[0], role="decode")) for v in args.decode]
+    if any(spec.role != "regular" for _, spec in flagged) and not args.pd_disaggregation:
+        raise UsageError("--prefill/--decode need --pd-disaggregation")
+    for flag, spec in flagged:
+        try:
+            validate_spec(spec, args.pd_disaggregation)
+        except WorkerRequestError as err:
+            raise UsageError(f"{flag}: {err.message}") from None
+    return [spec for _, spec in flagged]
+
+
+def workers_from_file(path: str, pd_disaggregation: bool) -> list[WorkerSpec]:
+    """The `workers` of a `--config-file`, each validated as `POST /workers` validates a
+    body; a `UsageError` names the file, the entry and the field."""
     try:
-        return int(values[1])
-    except ValueError:
-        raise SystemExit(f"atom-router: --prefill {values[0]} {values[1]}: bootstrap port must be an integer or 'none'")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"--config-file {path}: cannot read it: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config-file {path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f'--config-file {path}: must be a JSON object such as {{"workers": [...]}}')
+    unknown = sorted(set(data) - {"workers"})
+    if unknown:
+        raise UsageError(f"--config-file {path}: unknown key(s) {unknown}; allowed: ['workers']")
+    entries = data.get("workers", [])
+    if not isinstance(entries, list):
+        raise UsageError(f"--config-file {path}: 'workers' must be a list of worker objects")
+    specs = []
+    for index, entry in enumerate(entries):
+        try:
+            spec = parse_worker_spec(entry)
+            validate_spec(spec, pd_disaggregation)
+        except WorkerRequestError as err:
+            raise UsageError(f"--config-file {path}: workers[{index}]: {err.message}") from None
+        specs.append(spec)
+    return specs
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
-    """Turn parsed flags into a `RouterConfig`, rejecting contradictory combinations early."""
-    workers = [WorkerSpec(url=u) for u in args.worker_urls]
-    for values in args.prefill:
-        if len(values) > 2:
-            raise SystemExit(f"atom-router: --prefill takes URL [BOOTSTRAP_PORT], got {values}")
-        workers.append(WorkerSpec(url=values[0], role="prefill", bootstrap_port=_parse_bootstrap_port(values)))
-    workers += [WorkerSpec(url=v[0], role="decode") for v in args.decode]
+    """Turn parsed flags into a `RouterConfig`; `UsageError` for a setting the router
+    cannot start with (a bad worker, contradictory flags)."""
+    workers = _flag_workers(args)
     if args.config_file:
-        with open(args.config_file, encoding="utf-8") as f:
-            for entry in json.load(f).get("workers", []):
-                workers.append(WorkerSpec(**entry))
-    has_pd = any(w.role != "regular" for w in workers)
-    if has_pd and not args.pd_disaggregation:
-        raise SystemExit("atom-router: --prefill/--decode need --pd-disaggregation")
+        workers += workers_from_file(args.config_file, args.pd_disaggregation)
     backend = args.backend or ("sglang" if args.pd_disaggregation else "openai")
     if args.pd_disaggregation and backend == "openai":
-        raise SystemExit("atom-router: --backend openai serves co-located workers only; pick vllm, vllm-mooncake, sglang or atom")
-    return RouterConfig(
-        host=args.host,
-        port=args.port,
-        backend=backend,
-        pd_disaggregation=args.pd_disaggregation,
-        workers=workers,
-        policy=args.policy,
-        prefill_policy=args.prefill_policy,
-        decode_policy=args.decode_policy,
-        policy_config=PolicyConfig(
-            cache_threshold=args.cache_threshold,
-            balance_abs_threshold=args.balance_abs_threshold,
-            balance_rel_threshold=args.balance_rel_threshold,
-            eviction_interval_secs=args.eviction_interval_secs,
-            max_tree_size=args.max_tree_size,
-            session_header=args.session_header.lower(),
-            prefix_key_length=args.prefix_key_length,
-            hash_load_factor=args.hash_load_factor,
-            max_sessions=args.max_sessions,
-            kv_overlap_weight=args.kv_overlap_weight,
-            kv_load_weight=args.kv_load_weight,
-        ),
-        retry=RetryConfig(
-            max_retries=args.retry_max_retries,
-            initial_backoff_ms=args.retry_initial_backoff_ms,
-            max_backoff_ms=args.retry_max_backoff_ms,
-            backoff_multiplier=args.retry_backoff_multiplier,
-            jitter_factor=args.retry_jitter_factor,
-            enabled=not args.disable_retries,
-        ),
-        circuit_breaker=CircuitBreakerConfig(
-            failure_threshold=args.cb_failure_threshold,
-            success_threshold=args.cb_success_threshold,
-            timeout_duration_secs=args.cb_timeout_duration_secs,
-            window_duration_secs=args.cb_window_duration_secs,
-            enabled=not args.disable_circuit_breaker,
-        ),
-        health=HealthCheckConfig(
-            failure_threshold=args.health_failure_threshold,
-            success_threshold=args.health_success_threshold,
-            timeout_secs=args.health_check_timeout_secs,
-            interval_secs=args.health_check_interval_secs,
-            endpoint=args.health_check_endpoint,
-            enabled=not args.disable_health_check,
-        ),
-        admission=AdmissionConfig(
-            max_concurrent_requests=args.max_concurrent_requests,
-            queue_size=args.queue_size,
-            queue_timeout_secs=args.queue_timeout_secs,
-            rate_limit_tokens_per_second=args.rate_limit_tokens_per_second,
-        ),
-        request_timeout_secs=args.request_timeout_secs,
-        worker_startup_timeout_secs=args.worker_startup_timeout_secs,
-        worker_startup_check_interval=args.worker_startup_check_interval,
-        max_payload_size=args.max_payload_size,
-        api_key=args.api_key,
-        admin_api_key=args.admin_api_key or args.api_key,
-        tls_cert_path=args.tls_cert_path,
-        tls_key_path=args.tls_key_path,
-        request_id_headers=[h.lower() for h in args.request_id_headers],
-        tokenizer_path=args.tokenizer_path,
-        kv_events_port=args.kv_events_port,
-        prometheus_host=args.prometheus_host,
-        prometheus_port=args.prometheus_port,
-        log_level=args.log_level,
-        log_json=args.log_json,
-        seed=args.seed,
-    )
+        others = ", ".join(name for name in ADAPTERS if name != "openai")
+        raise UsageError(f"--backend openai serves co-located workers only; pick one of {others}")
+    config: RouterConfig = _from_flags(_DEFAULTS, args, workers=workers, backend=backend)
+    return config
+
+
+def _exit_usage(err: UsageError) -> NoReturn:
+    print(f"atom-router: error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except UsageError as err:
+        _exit_usage(err)
     from router.server import serve  # heavy imports only once we really serve
 
     sys.exit(serve(config))

@@ -1,22 +1,13 @@
-"""Typed router settings. `router.cli` builds one `RouterConfig` from flags (sglang-router's
-names where they overlap); tests and embedders build it directly."""
+"""Typed router settings, and the one place their defaults live.
+
+`router.cli` builds one `RouterConfig` from flags (sglang-router's names where they
+overlap), each flag's default read from these dataclasses; tests and embedders build it
+directly. The names `backend` and `policy` accept come from their registries
+(`router.adapters.ADAPTERS`, `router.policies.registry.POLICY_FACTORIES`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-BACKENDS = ("vllm", "vllm-mooncake", "sglang", "atom", "openai")
-POLICIES = (
-    "random",
-    "round_robin",
-    "power_of_two",
-    "least_load",
-    "cache_aware",
-    "prefix_hash",
-    "consistent_hashing",
-    "session",
-    "kv_aware",
-)
 
 
 @dataclass

@@ -26,11 +26,12 @@ import aiohttp
 
 from router.adapters.base import Adapter, LegFailure, Upstream
 from router.config import RouterConfig
+from router.errors import ApiError, PlacementError
 from router.load_guard import LoadGuard
 from router.metrics import RouterMetrics
-from router.placement.types import Pair, PlacementError, PlacementPlan, RequestDescriptor, Single
+from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
 from router.prepare import PreparedRequest
-from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, ApiError
+from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE
 from router.workers.worker import Worker
 
 logger = logging.getLogger("atom_mesh.dispatch")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from router.errors import ApiError
 from router.placement.types import RequestDescriptor
-from router.render import ApiError
 from router.tokenizer import Tokenizer
 
 CHAT_ROUTE = "/v1/chat/completions"
@@ -57,12 +57,12 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: TokenLimit | None = None
 
 
-Prompt = Union[
-    StrictStr,
-    Annotated[list[StrictStr], Field(min_length=1)],
-    Annotated[list[StrictInt], Field(min_length=1)],
-    Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)],
-]
+Prompt = (
+    StrictStr
+    | Annotated[list[StrictStr], Field(min_length=1)]
+    | Annotated[list[StrictInt], Field(min_length=1)]
+    | Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)]
+)
 
 
 class CompletionRequest(_Common):

@@ -14,6 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("vllm", "sglang", "torch")
+# The server stack: `--help` needs none of it (it is imported only to serve).
+SERVER_STACK = ("starlette", "uvicorn", "uvloop", "aiohttp", "pydantic", "prometheus_client", "zmq")
 
 
 def _entry_point(group: str, name: str) -> importlib.metadata.EntryPoint:
@@ -36,8 +38,9 @@ def test_console_script_entry_point() -> None:
     assert _entry_point("console_scripts", "atom-router").value == "router.cli:main"
 
 
-def test_router_cli_help_imports_no_engine() -> None:
-    """In the full dev venv (vllm and torch installed), `--help` must not import them."""
+def test_router_cli_help_imports_no_engine_and_no_server() -> None:
+    """In the full dev venv (vllm and torch installed), `--help` must not import them, nor
+    the server stack: backend and policy names come from registries that stay light."""
     probe = (
         "import json, sys\n"
         "import router.cli\n"
@@ -45,7 +48,7 @@ def test_router_cli_help_imports_no_engine() -> None:
         "    router.cli.main(['--help'])\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
-        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY + SERVER_STACK!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
@@ -105,8 +108,9 @@ def test_clean_venv_install_runs_router_help(tmp_path: Path) -> None:
     )
     assert shipped.stdout.strip() == "[]", "packages missing from the installed dist: " + shipped.stdout
 
+    list_plugins = "import importlib.metadata as m; print(sorted(e.value for e in m.entry_points(group='vllm.general_plugins')))"
     eps = subprocess.run(
-        [py, "-c", "import importlib.metadata as m; print(sorted(e.value for e in m.entry_points(group='vllm.general_plugins')))"],
+        [py, "-c", list_plugins],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert eps.stdout.strip() == "['vllm_atom:register']"

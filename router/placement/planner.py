@@ -13,17 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from router.config import RouterConfig
-from router.placement.types import (
-    NoHealthyDecodeError,
-    NoHealthyPrefillError,
-    NoWorkersError,
-    Pair,
-    PlacementError,
-    PlacementPlan,
-    RequestDescriptor,
-    Single,
-    UnknownModelError,
-)
+from router.errors import NoHealthyDecodeError, NoHealthyPrefillError, NoWorkersError, PlacementError, UnknownModelError
+from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
 from router.policies.base import Policy, Selection
 from router.policies.kv_block_index import KVBlockIndex
 from router.policies.registry import create_policy

@@ -1,9 +1,11 @@
-"""Types shared by prepare, place and dispatch: the request descriptor, plans and errors."""
+"""Types shared by prepare, place and dispatch: the request descriptor and plans.
+
+Placement's errors (`PlacementError` and its subclasses) live with every other
+client-visible error in router.errors."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from router.workers.worker import Worker
 
@@ -45,37 +47,4 @@ class Pair:
     decode_reason: str = ""
 
 
-PlacementPlan = Union[Single, Pair]
-
-
-class PlacementError(Exception):
-    """A request that cannot be placed. Carries the HTTP status and OpenAI error fields."""
-
-    status_code = 503
-    error_type = "service_unavailable"
-    code = "no_available_workers"
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        # Seconds until a worker may take requests again (its breaker's timeout), when
-        # known: the app can send it as a Retry-After header.
-        self.retry_after = retry_after
-
-
-class NoWorkersError(PlacementError):
-    """No worker is registered or ready for this role/model."""
-
-
-class NoHealthyPrefillError(PlacementError):
-    code = "no_healthy_prefill"
-
-
-class NoHealthyDecodeError(PlacementError):
-    code = "no_healthy_decode"
-
-
-class UnknownModelError(PlacementError):
-    status_code = 404
-    error_type = "invalid_request_error"
-    code = "model_not_found"
+PlacementPlan = Single | Pair

@@ -33,15 +33,16 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
-from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from router.config import RouterConfig, WorkerSpec
+from router.errors import WorkerConflictError, WorkerNotFoundError
 from router.workers.circuit_breaker import BreakerState, CircuitBreaker
 from router.workers.health import HealthChecker, HealthVerdict, probe
 from router.workers.registry import WorkerRegistry
+from router.workers.specs import validate_spec
 from router.workers.worker import Role, Worker, WorkerState
 
 logger = logging.getLogger("atom_mesh.lifecycle")
@@ -83,58 +84,6 @@ def next_state(state: WorkerState, event: LifecycleEvent) -> WorkerState:
         return _TABLE[(state, event)]
     except KeyError:
         raise InvalidTransition(f"event {event.value!r} is not valid for a worker in state {state.value!r}") from None
-
-
-class WorkerRequestError(Exception):
-    """An admin request about workers that cannot be honoured; rendered as an OpenAI error."""
-
-    status_code = 400
-    error_type = "invalid_request_error"
-    code = "invalid_worker"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class WorkerConflictError(WorkerRequestError):
-    status_code = 409
-    code = "worker_exists"
-
-
-class WorkerNotFoundError(WorkerRequestError):
-    status_code = 404
-    code = "worker_not_found"
-
-
-class WorkerStartFailedError(WorkerRequestError):
-    """A worker added with `wait` that failed its start-up; it stays listed as failed."""
-
-    status_code = 503
-    error_type = "service_unavailable"
-    code = "worker_failed"
-
-
-def validate_spec(spec: WorkerSpec, pd_disaggregation: bool) -> Role:
-    """Check a spec before it becomes a worker; return its role. Errors say how to fix it."""
-    parts = urlsplit(spec.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WorkerRequestError(f"worker url {spec.url!r} must look like http://host:port")
-    try:
-        role = Role(spec.role)
-    except ValueError:
-        raise WorkerRequestError(f"worker role {spec.role!r} must be one of regular, prefill, decode") from None
-    if pd_disaggregation and role is Role.REGULAR:
-        raise WorkerRequestError("this router runs with --pd-disaggregation: give role 'prefill' or 'decode'")
-    if not pd_disaggregation and role is not Role.REGULAR:
-        raise WorkerRequestError(f"role {role.value!r} needs a router started with --pd-disaggregation")
-    if spec.bootstrap_port is not None and not (0 < spec.bootstrap_port < 65536):
-        raise WorkerRequestError(f"bootstrap_port {spec.bootstrap_port} is not a TCP port (1-65535)")
-    if spec.kv_events_endpoint is not None and not spec.kv_events_endpoint.startswith(("tcp://", "ipc://")):
-        raise WorkerRequestError(
-            f"kv_events_endpoint {spec.kv_events_endpoint!r} must be a ZMQ endpoint such as tcp://host:5557"
-        )
-    return role
 
 
 class WorkerManager:

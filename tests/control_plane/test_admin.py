@@ -3,22 +3,18 @@
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
 
-from router.admin import admin_routes, parse_worker_spec
+from router.admin import admin_routes, parse_add_request
 from router.auth import Authenticator, AuthMiddleware
 from router.config import HealthCheckConfig, RouterConfig
+from router.errors import WorkerRequestError
 from router.load_guard import LoadGuard
-from router.workers.lifecycle import WorkerManager, WorkerRequestError
+from router.render import error_response
+from router.workers.lifecycle import WorkerManager
 from router.workers.registry import WorkerRegistry
 from testbed.ports import free_port
 
 ADMIN = {"Authorization": "Bearer adm"}
-
-
-def _render(err):
-    body = {"error": {"message": err.message, "type": err.error_type, "param": None, "code": err.code}}
-    return JSONResponse(body, status_code=err.status_code)
 
 
 @pytest.fixture
@@ -30,8 +26,8 @@ async def admin(session):
     )
     manager = WorkerManager(cfg, WorkerRegistry(), session=session, drain_poll_secs=0.01)
     await manager.start()
-    app = Starlette(routes=admin_routes(manager, _render))
-    app.add_middleware(AuthMiddleware, authenticator=Authenticator("inf", "adm"), render_error=_render)
+    app = Starlette(routes=admin_routes(manager, error_response))
+    app.add_middleware(AuthMiddleware, authenticator=Authenticator("inf", "adm"), render_error=error_response)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
         yield client, manager
     await manager.stop()
@@ -82,40 +78,42 @@ async def test_duplicate_is_409(admin, endpoint):
 
 
 @pytest.mark.parametrize(
-    "body,match",
+    "body,match,param",
     [
-        (b"{not json", "not valid JSON"),
-        (b"[1]", "JSON object"),
-        (b'{"role": "regular"}', "'url'"),
-        (b'{"url": 5}', "'url'"),
-        (b'{"url": "http://h:1", "colour": "red"}', "unknown field"),
-        (b'{"url": "http://h:1", "bootstrap_port": "8998"}', "bootstrap_port"),
-        (b'{"url": "http://h:1", "bootstrap_port": true}', "bootstrap_port"),
-        (b'{"url": "http://h:1", "labels": {"a": 1}}', "labels"),
-        (b'{"url": "http://h:1", "wait": "yes"}', "wait"),
-        (b'{"url": "http://h:1", "role": "prefill"}', "--pd-disaggregation"),
-        (b'{"url": "ftp://h:1"}', "http://host:port"),
-        (b'{"url": "http://h:1", "kv_events_endpoint": 5557}', "kv_events_endpoint"),
-        (b'{"url": "http://h:1", "kv_events_endpoint": "h:5557"}', "tcp://host:5557"),
+        (b"{not json", "not valid JSON", None),
+        (b"[1]", "JSON object", None),
+        (b'{"role": "regular"}', "'url'", "url"),
+        (b'{"url": 5}', "'url'", "url"),
+        (b'{"url": "http://h:1", "colour": "red"}', "unknown field", "colour"),
+        (b'{"url": "http://h:1", "bootstrap_port": "8998"}', "bootstrap_port", "bootstrap_port"),
+        (b'{"url": "http://h:1", "bootstrap_port": true}', "bootstrap_port", "bootstrap_port"),
+        (b'{"url": "http://h:1", "labels": {"a": 1}}', "labels", "labels"),
+        (b'{"url": "http://h:1", "wait": "yes"}', "wait", "wait"),
+        (b'{"url": "http://h:1", "role": "prefill"}', "--pd-disaggregation", "role"),
+        (b'{"url": "ftp://h:1"}', "http://host:port", "url"),
+        (b'{"url": "http://h:1", "kv_events_endpoint": 5557}', "kv_events_endpoint", "kv_events_endpoint"),
+        (b'{"url": "http://h:1", "kv_events_endpoint": "h:5557"}', "tcp://host:5557", "kv_events_endpoint"),
     ],
 )
-async def test_bad_bodies_are_400_with_openai_error(admin, body, match):
+async def test_bad_bodies_are_400_with_openai_error(admin, body, match, param):
     c, manager = admin
     r = await c.post("/workers", content=body, headers={**ADMIN, "content-type": "application/json"})
     assert r.status_code == 400
     err = r.json()["error"]
-    assert err["type"] == "invalid_request_error" and match in err["message"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", "invalid_worker", param)
+    assert match in err["message"]
     assert len(manager.registry) == 0
 
 
-def test_parse_worker_spec_defaults():
-    spec, wait = parse_worker_spec({"url": "http://h:1"})
+def test_parse_add_request_defaults():
+    spec, wait = parse_add_request({"url": "http://h:1"})
     assert (spec.role, spec.bootstrap_port, spec.model, spec.labels, wait) == ("regular", None, None, {}, False)
     assert spec.kv_events_endpoint is None
-    spec, _ = parse_worker_spec({"url": "http://h:1", "kv_events_endpoint": "tcp://h:5557"})
-    assert spec.kv_events_endpoint == "tcp://h:5557"
+    spec, wait = parse_add_request({"url": "http://h:1", "kv_events_endpoint": "tcp://h:5557", "wait": True})
+    assert spec.kv_events_endpoint == "tcp://h:5557" and wait is True
     with pytest.raises(WorkerRequestError):
-        parse_worker_spec({"url": "http://h:1", "model": 3})
+        parse_add_request({"url": "http://h:1", "model": 3})
 
 
 async def test_drain_waits_and_removes(admin, endpoint):
@@ -138,3 +136,4 @@ async def test_admin_key_required(admin, endpoint):
     assert (await c.get("/workers", headers={"Authorization": "Bearer inf"})).status_code == 401
     r = await c.delete("/workers/w1", headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert r.headers["www-authenticate"] == "Bearer"

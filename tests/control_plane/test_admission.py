@@ -4,14 +4,9 @@ import asyncio
 
 import pytest
 
-from router.admission import (
-    AdmissionController,
-    QueueFull,
-    QueueTimeout,
-    RateLimited,
-    TokenBucket,
-)
+from router.admission import AdmissionController, TokenBucket
 from router.config import AdmissionConfig
+from router.errors import QueueFull, QueueTimeout, RateLimited
 
 
 def test_token_bucket_bursts_then_refills():
@@ -45,8 +40,8 @@ async def test_rate_limit_rejects_with_retry_after():
     with pytest.raises(RateLimited) as info:
         await adm.acquire()
     err = info.value
-    assert (err.status_code, err.code) == (429, "rate_limited")
-    assert err.headers() == {"Retry-After": "1"} and err.retry_after_secs == pytest.approx(0.5)
+    assert (err.status, err.type, err.code) == (429, "rate_limit_exceeded", "rate_limited")
+    assert err.headers == [("retry-after", "1")] and err.retry_after == pytest.approx(0.5)
     now[0] = 0.5
     (await adm.acquire()).release()
     assert adm.rejected["rate_limited"] == 1
@@ -74,8 +69,8 @@ async def test_queue_full_rejects_and_slots_pass_in_fifo_order():
     assert (adm.active, adm.queued) == (2, 2)
     with pytest.raises(QueueFull) as info:
         await adm.acquire()
-    assert (info.value.status_code, info.value.code) == (429, "queue_full")
-    assert "Retry-After" in info.value.headers()
+    assert (info.value.status, info.value.code) == (429, "queue_full")
+    assert dict(info.value.headers) == {"retry-after": "1"}
     held[0].release()
     held[0].release()  # idempotent: must not free a second slot
     await asyncio.gather(*tasks)
@@ -90,7 +85,7 @@ async def test_queue_timeout_is_503():
     slot = await adm.acquire()
     with pytest.raises(QueueTimeout) as info:
         await adm.acquire()
-    assert (info.value.status_code, info.value.code, info.value.error_type) == (
+    assert (info.value.status, info.value.code, info.value.type) == (
         503,
         "queue_timeout",
         "service_unavailable",

@@ -3,10 +3,12 @@
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from router.auth import AuthError, Authenticator, AuthMiddleware, AuthScope, bearer_token, path_scope
+from router.auth import Authenticator, AuthMiddleware, AuthScope, bearer_token, path_scope
+from router.errors import AuthError
+from router.render import error_response
 
 
 @pytest.mark.parametrize(
@@ -55,12 +57,7 @@ def test_keys_per_scope_and_admin_fallback():
 def test_non_ascii_key_does_not_crash():
     with pytest.raises(AuthError) as info:
         Authenticator("k", None).check(AuthScope.INFERENCE, "Bearer ключ")
-    assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
-
-
-def _render(err):
-    body = {"error": {"message": err.message, "type": err.error_type, "param": None, "code": err.code}}
-    return JSONResponse(body, status_code=err.status_code, headers=err.headers())
+    assert info.value.status == 401 and info.value.code == "invalid_api_key"
 
 
 async def test_middleware_guards_routes_by_scope():
@@ -68,7 +65,7 @@ async def test_middleware_guards_routes_by_scope():
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route(p, ok, methods=["GET", "POST"]) for p in ("/health", "/v1/models", "/workers")])
-    app.add_middleware(AuthMiddleware, authenticator=Authenticator("inf", "adm"), render_error=_render)
+    app.add_middleware(AuthMiddleware, authenticator=Authenticator("inf", "adm"), render_error=error_response)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://router") as c:
         assert (await c.get("/health")).status_code == 200
@@ -76,6 +73,13 @@ async def test_middleware_guards_routes_by_scope():
         assert (await c.get("/workers", headers={"Authorization": "Bearer adm"})).status_code == 200
         r = await c.get("/v1/models")
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert r.json() == {
+            "error": {
+                "message": "missing API key: send the header 'Authorization: Bearer <key>'",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
         r = await c.post("/workers", headers={"Authorization": "Bearer inf"})
         assert r.status_code == 401 and "incorrect" in r.json()["error"]["message"]

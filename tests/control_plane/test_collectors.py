@@ -2,8 +2,9 @@
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from router.admission import AdmissionCollector, AdmissionController, QueueFull
+from router.admission import AdmissionCollector, AdmissionController
 from router.config import AdmissionConfig, RouterConfig
+from router.errors import QueueFull
 from router.load_guard import LoadGuard
 from router.workers.lifecycle import WorkerCollector, WorkerManager
 from router.workers.registry import WorkerRegistry

@@ -5,19 +5,13 @@ import asyncio
 import pytest
 
 from router.config import CircuitBreakerConfig, HealthCheckConfig, RouterConfig, WorkerSpec
+from router.errors import WorkerConflictError, WorkerNotFoundError, WorkerRequestError
 from router.load_guard import LoadGuard
-from router.workers.lifecycle import (
-    InvalidTransition,
-    LifecycleEvent as E,
-    WorkerConflictError,
-    WorkerManager,
-    WorkerNotFoundError,
-    WorkerRequestError,
-    next_state,
-    validate_spec,
-)
+from router.workers.lifecycle import InvalidTransition, WorkerManager, next_state
+from router.workers.lifecycle import LifecycleEvent as E
 from router.workers.registry import WorkerRegistry
-from router.workers.worker import Role, WorkerState as S
+from router.workers.worker import Role
+from router.workers.worker import WorkerState as S
 from testbed.ports import free_port
 
 
@@ -47,21 +41,6 @@ def test_valid_transitions(state, event, expected):
 def test_invalid_transitions(state, event):
     with pytest.raises(InvalidTransition, match=state.value):
         next_state(state, event)
-
-
-@pytest.mark.parametrize(
-    "spec,pd,match",
-    [
-        (WorkerSpec(url="localhost:8000"), False, "http://host:port"),
-        (WorkerSpec(url="http://h:1", role="boss"), False, "one of regular"),
-        (WorkerSpec(url="http://h:1", role="prefill"), False, "--pd-disaggregation"),
-        (WorkerSpec(url="http://h:1"), True, "'prefill' or 'decode'"),
-        (WorkerSpec(url="http://h:1", role="prefill", bootstrap_port=70000), True, "bootstrap_port"),
-    ],
-)
-def test_spec_validation(spec, pd, match):
-    with pytest.raises(WorkerRequestError, match=match):
-        validate_spec(spec, pd)
 
 
 def _config(**kw) -> RouterConfig:
@@ -178,6 +157,13 @@ async def test_duplicate_and_unknown_workers(endpoint, manager):
         m.get("nope")
     with pytest.raises(WorkerNotFoundError):
         await m.drain("nope")
+
+
+async def test_add_refuses_a_bad_spec_before_registering(manager):
+    m = await manager()
+    with pytest.raises(WorkerRequestError) as info:
+        await m.add(WorkerSpec(url="localhost:8000"))
+    assert info.value.param == "url" and len(m.registry) == 0
 
 
 async def test_configured_workers_register_at_start(endpoint, manager):

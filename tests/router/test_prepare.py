@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from router.errors import ApiError
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE, MAX_TOKENS_LIMIT, prepare_request
-from router.render import ApiError
 
 
 def prep(route: str, body: object, headers: dict[str, str] | None = None, **kw):
@@ -54,7 +54,14 @@ def test_chat_descriptor_covers_every_message_and_content_parts() -> None:
         "model": "tiny",
         "messages": [
             {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "part one "}, {"type": "image_url", "image_url": {"url": "u"}}, {"type": "text", "text": "part two"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "part one "},
+                    {"type": "image_url", "image_url": {"url": "u"}},
+                    {"type": "text", "text": "part two"},
+                ],
+            },
             {"role": "assistant", "content": None, "tool_calls": []},
         ],
         "max_completion_tokens": 10,

@@ -76,3 +76,19 @@ def test_tls_needs_both_files(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "--tls-key-path" in out.stdout + out.stderr
+
+
+def test_bad_config_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    """The real entry point: a bad --config-file entry is one line on stderr, no traceback."""
+    config = tmp_path / "workers.json"
+    config.write_text('{"workers": [{"url": "http://127.0.0.1:1"}, {"url": "http://127.0.0.1:2", "bootstrap_port": "x"}]}')
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "--port", str(free_port()), "--config-file", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"atom-router: error: --config-file {config}: workers[1]: field 'bootstrap_port' must be an integer or null"
+    )

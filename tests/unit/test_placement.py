@@ -7,16 +7,9 @@ import random
 import pytest
 
 from router.config import PolicyConfig, RouterConfig
+from router.errors import NoHealthyDecodeError, NoHealthyPrefillError, NoWorkersError, UnknownModelError
 from router.placement.planner import Planner, known_models
-from router.placement.types import (
-    NoHealthyDecodeError,
-    NoHealthyPrefillError,
-    NoWorkersError,
-    Pair,
-    RequestDescriptor,
-    Single,
-    UnknownModelError,
-)
+from router.placement.types import Pair, RequestDescriptor, Single
 from router.policies.cache_aware import CacheAwarePolicy
 from router.policies.round_robin import RoundRobinPolicy
 from router.policies.session import SessionPolicy
@@ -57,14 +50,14 @@ def test_pd_request_gets_a_pair_with_both_reasons() -> None:
 def test_no_registered_workers_is_a_503_that_says_how_to_add_one() -> None:
     with pytest.raises(NoWorkersError) as e:
         rr_planner().plan(req(), [], pd=False, now=0.0)
-    assert e.value.status_code == 503 and "POST /workers" in e.value.message
+    assert e.value.status == 503 and "POST /workers" in e.value.message
 
 
 def test_unknown_model_is_a_404_listing_served_models() -> None:
     fleet = [worker(1, models=("llama",)), worker(2, models=("qwen",))]
     with pytest.raises(UnknownModelError) as e:
         rr_planner().plan(req("gpt-9"), fleet, pd=False, now=0.0)
-    assert e.value.status_code == 404 and e.value.code == "model_not_found"
+    assert e.value.status == 404 and e.value.code == "model_not_found"
     assert "llama" in e.value.message and "qwen" in e.value.message
 
 
@@ -78,7 +71,7 @@ def test_a_known_model_on_a_failed_worker_is_unavailable_not_unknown() -> None:
     fleet = [worker(1, state=WorkerState.FAILED), worker(2, models=("other",))]
     with pytest.raises(NoWorkersError) as e:
         rr_planner().plan(req("m"), fleet, pd=False, now=0.0)
-    assert e.value.status_code == 503 and "1 failed" in e.value.message
+    assert e.value.status == 503 and "1 failed" in e.value.message
 
 
 def test_model_filter_never_picks_a_worker_of_another_model() -> None:
@@ -94,7 +87,7 @@ def test_no_healthy_prefill() -> None:
     fleet = [worker(1, Role.PREFILL, state=WorkerState.NOT_READY), worker(2, Role.DECODE)]
     with pytest.raises(NoHealthyPrefillError) as e:
         rr_planner().plan(req(), fleet, pd=True, now=0.0)
-    assert e.value.status_code == 503 and e.value.code == "no_healthy_prefill"
+    assert e.value.status == 503 and e.value.code == "no_healthy_prefill"
     assert "1 not_ready" in e.value.message and e.value.retry_after is None
 
 

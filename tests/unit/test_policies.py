@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from router.config import POLICIES, PolicyConfig
+from router.config import PolicyConfig
 from router.placement.types import RequestDescriptor
 from router.policies.cache_aware import CacheAwarePolicy
 from router.policies.consistent_hash import ConsistentHashPolicy
@@ -15,7 +15,7 @@ from router.policies.kv_block_index import KVBlockIndex
 from router.policies.least_load import LeastLoadPolicy
 from router.policies.power_of_two import PowerOfTwoPolicy
 from router.policies.random_policy import RandomPolicy
-from router.policies.registry import create_policy
+from router.policies.registry import POLICIES, create_policy
 from router.policies.round_robin import RoundRobinPolicy
 from router.policies.session import SessionPolicy
 from router.workers.worker import Worker
