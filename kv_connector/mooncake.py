@@ -12,11 +12,23 @@ import logging
 import struct
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from kv_connector.transport import BatchState, TransferError, TransferOp, Transport, TransportUnavailable
 
 logger = logging.getLogger("atom_mesh.kv_connector.mooncake")
 _MEM = struct.Struct("<QQ")
+# transfer_submit_write returns a batch id (a pointer), or on failure 0 (0.3.13.post1 for an
+# unreachable peer) or -1 seen as an unsigned 64-bit integer (its source's other error paths).
+_SUBMIT_FAILED = (0, (1 << 64) - 1)
+
+
+@dataclass
+class _InFlight:
+    """A submitted write batch: the Mooncake batch ids not yet seen settled."""
+
+    pending: list[int] = field(default_factory=list)
+    failed: bool = False
 
 
 def _unpack_mem(desc: bytes) -> tuple[int, int]:
@@ -74,19 +86,40 @@ class MooncakeTransport(Transport):
         return peer_descriptor.decode()
 
     def submit_write(self, peer: str, ops: Sequence[TransferOp]) -> object:
+        """One Mooncake one-task batch per op (`transfer_submit_write`), polled op by op.
+
+        Mooncake's only non-blocking status call, `transfer_check_status`, reads task 0 of a
+        batch and frees the batch once that task completes: a multi-op
+        `batch_transfer_async_write` batch would report DONE while later ops are still in
+        flight (seen on TCP: 3 of 64 MiB had landed). One-task batches make it exact.
+        """
         local, remote, lengths = _addresses(ops)
-        batch = self._engine.batch_transfer_async_write(peer, local, remote, lengths)
-        if batch <= 0:
-            raise TransferError(f"mooncake could not submit {len(ops)} writes to {peer} (rc={batch})")
-        return batch
+        in_flight = _InFlight()
+        for src, dst, length in zip(local, remote, lengths, strict=True):
+            batch = self._engine.transfer_submit_write(peer, src, dst, length)
+            if batch in _SUBMIT_FAILED:
+                raise TransferError(
+                    f"mooncake could not submit a {length}-byte write to {peer} "
+                    f"({len(in_flight.pending)} of {len(ops)} ops of the batch were already submitted)"
+                )
+            in_flight.pending.append(batch)
+        return in_flight
 
     def poll(self, handle: object) -> BatchState:
-        state = self._engine.transfer_check_status(handle)
-        if state == 1:
-            return BatchState.DONE
-        if state == 0:
-            return BatchState.PENDING
-        return BatchState.FAILED
+        # A completed or failed batch id is freed by Mooncake inside transfer_check_status,
+        # so each id is checked until it settles and never again.
+        assert isinstance(handle, _InFlight), handle
+        still_pending = []
+        for batch in handle.pending:
+            state = self._engine.transfer_check_status(batch)
+            if state == 0:
+                still_pending.append(batch)
+            elif state != 1:  # -1 failed, -2 timed out
+                handle.failed = True
+        handle.pending = still_pending
+        if handle.failed:
+            return BatchState.FAILED
+        return BatchState.PENDING if still_pending else BatchState.DONE
 
     def write(self, peer: str, ops: Sequence[TransferOp]) -> None:
         if not ops:

@@ -1,11 +1,13 @@
 """MORI-IO (`mori.io.IOEngine`, ROCm) as a `Transport`.
 
-UNVERIFIED: written against MORI-IO's documented Python API (ROCm/mori
-`python/mori/io/engine.py`: IOEngine(key, IOEngineConfig), create_backend,
-get_engine_desc().pack(), EngineDesc.unpack, register_remote_engine, MemoryDesc
-pack/unpack, batch_write/batch_read returning a TransferStatus with
-Succeeded()/Failed()/Message()). It needs ROCm and RDMA NICs, which this project's CI
-machine lacks; constructing it there raises `TransportUnavailable`.
+Checked against amd-mori 1.2.4's API, never run: `python/mori/io/engine.py`
+(IOEngine(key, IOEngineConfig), create_backend, get_engine_desc().pack(),
+register_remote_engine, register_memory(ptr, size, device_id, loc), and the
+multi-session batch_write/batch_read that take one (local desc, remote desc, offsets,
+sizes, transfer id) per pair and return one TransferStatus per pair) plus the names of
+its compiled `mori.cpp` bindings (tests/kv_connector/test_vendor_apis.py). It needs ROCm
+and RDMA NICs, which this project's CI machine lacks; constructing it there raises
+`TransportUnavailable`.
 
 MORI addresses memory by descriptor + offset (not raw addresses), which is why the
 `Transport` interface speaks `MemoryRef(desc, offset)`.
@@ -13,12 +15,12 @@ MORI addresses memory by descriptor + offset (not raw addresses), which is why t
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from kv_connector.transport import BatchState, TransferError, TransferOp, Transport, TransportUnavailable
 
@@ -27,8 +29,8 @@ logger = logging.getLogger("atom_mesh.kv_connector.mori")
 
 def _load_mori():  # -> module
     try:
-        import mori.io as mori_io  # type: ignore[import-not-found]
-        from mori import cpp as mori_cpp  # type: ignore[import-not-found]
+        import mori.io as mori_io
+        from mori import cpp as mori_cpp
     except ImportError as e:
         raise TransportUnavailable(
             "MORI-IO is unavailable: it needs ROCm and the 'mori' package (github.com/ROCm/mori); "
@@ -56,8 +58,7 @@ class MoriTransport(Transport):
 
     def register_memory(self, ptr: int, length: int, *, device: str = "cpu", device_id: int = -1) -> bytes:
         loc = self._cpp.MemoryLocationType.GPU if device in ("cuda", "hip", "gpu") else self._cpp.MemoryLocationType.CPU
-        capsule = ctypes.pythonapi.PyCapsule_New(ctypes.c_void_p(ptr), None, None)
-        desc = self._engine._engine.RegisterMemory(capsule, length, device_id, loc)  # the wrapper only takes tensors
+        desc = self._engine.register_memory(ptr, length, device_id, loc)
         packed = bytes(desc.pack())
         with self._lock:
             self._mem[packed] = desc
@@ -80,25 +81,23 @@ class MoriTransport(Transport):
                 desc = self._mem[packed] = self._io.MemoryDesc.unpack(packed)
         return desc
 
-    def _submit(self, ops: Sequence[TransferOp], write: bool) -> list[object]:
-        # MORI batches are per (local region, remote region) pair.
+    def _submit(self, ops: Sequence[TransferOp], write: bool) -> list[Any]:
+        # One multi-session MORI batch: a session per (local region, remote region) pair,
+        # each with its own offsets, sizes and transfer id; one TransferStatus per session.
         groups: dict[tuple[bytes, bytes], list[TransferOp]] = {}
         for op in ops:
             groups.setdefault((op.local.desc, op.remote.desc), []).append(op)
-        statuses = []
-        for (local, remote), group in groups.items():
-            fn = self._engine.batch_write if write else self._engine.batch_read
-            statuses.append(
-                fn(
-                    self._desc(local),
-                    [op.local.offset for op in group],
-                    self._desc(remote),
-                    [op.remote.offset for op in group],
-                    [op.length for op in group],
-                    self._engine.allocate_transfer_uid(),
-                )
+        fn = self._engine.batch_write if write else self._engine.batch_read
+        return list(
+            fn(
+                [self._desc(local) for local, _ in groups],
+                [[op.local.offset for op in group] for group in groups.values()],
+                [self._desc(remote) for _, remote in groups],
+                [[op.remote.offset for op in group] for group in groups.values()],
+                [[op.length for op in group] for group in groups.values()],
+                [self._engine.allocate_transfer_uid() for _ in groups],
             )
-        return statuses
+        )
 
     def submit_write(self, peer: str, ops: Sequence[TransferOp]) -> object:
         return self._submit(ops, write=True)
@@ -112,7 +111,7 @@ class MoriTransport(Transport):
                 state = BatchState.PENDING
         return state
 
-    def _wait(self, handle: list[object]) -> None:
+    def _wait(self, handle: list[Any]) -> None:
         deadline = time.monotonic() + self._timeout_s
         while (state := self.poll(handle)) is BatchState.PENDING:
             if time.monotonic() > deadline:

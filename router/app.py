@@ -69,7 +69,9 @@ class RouterService:
         rng = random.Random(config.seed)
         # The engines' KV events feed one index, read by every kv_aware pool.
         kv_index = KVBlockIndex() if config.uses_policy("kv_aware") else None
-        self.planner = Planner.from_config(config, rng, kv_index)
+        self.planner = Planner.from_config(
+            config, rng, kv_index, decode_only_capable=ADAPTERS[config.backend].runs_decode_only
+        )
         self.registry.on_removed(self.planner.on_worker_removed)
         self.manager = WorkerManager(config, self.registry)
         self.metrics.registry.register(WorkerCollector(self.manager))

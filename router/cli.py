@@ -122,6 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
     _option(r, "--kv-overlap-weight", "policy_config.kv_overlap_weight", help="kv_aware: weight of the cached-prefix score.")
     _option(r, "--kv-load-weight", "policy_config.kv_load_weight", help="kv_aware: weight of the load score.")
 
+    d = p.add_argument_group("Conditional disaggregation (P/D pools)")
+    _option(
+        d,
+        "--always-pair",
+        "disagg.always_pair",
+        action="store_true",
+        help="Pair a prefill worker with every request, even where the backend (vllm, vllm-mooncake) "
+        "could let the decode worker prefill locally. sglang and atom pools always pair.",
+    )
+    _option(
+        d,
+        "--disagg-min-uncached-tokens",
+        "disagg.min_uncached_tokens",
+        metavar="N",
+        help="Pair only when the decode worker lacks at least N of the prompt's tokens (prompt length "
+        "minus its cached prefix); fewer go decode-only.",
+    )
+    _option(
+        d,
+        "--disagg-max-prefill-queue",
+        "disagg.max_prefill_queue",
+        metavar="N",
+        help="Go decode-only when every prefill worker already has N or more requests in flight (0: never).",
+    )
+
     q = p.add_argument_group("Requests, admission and security")
     _option(q, "--request-timeout-secs", "request_timeout_secs")
     _option(q, "--max-payload-size", "max_payload_size")
@@ -245,6 +270,12 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     if args.pd_disaggregation and backend == "openai":
         others = ", ".join(name for name in ADAPTERS if name != "openai")
         raise UsageError(f"--backend openai serves co-located workers only; pick one of {others}")
+    for flag, dest in (
+        ("--disagg-min-uncached-tokens", "disagg.min_uncached_tokens"),
+        ("--disagg-max-prefill-queue", "disagg.max_prefill_queue"),
+    ):
+        if getattr(args, dest) < 0:
+            raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")
     config: RouterConfig = _from_flags(_DEFAULTS, args, workers=workers, backend=backend)
     return config
 

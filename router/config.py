@@ -45,6 +45,21 @@ class PolicyConfig:
 
 
 @dataclass
+class DisaggConfig:
+    """When a P/D pool pairs a prefill with the chosen decode worker, and when decode
+    prefills the prompt itself (`router.placement.disagg_decider` has the rule)."""
+
+    # Pair every request, even where the backend could serve it decode-only.
+    always_pair: bool = False
+    # Pair only when the decode worker lacks at least this many of the prompt's tokens:
+    # below it, the KV transfer and the second hop cost more than prefilling locally.
+    min_uncached_tokens: int = 256
+    # When every prefill candidate already has this many requests in flight, decode
+    # prefills locally instead of queueing behind them (0: never).
+    max_prefill_queue: int = 8
+
+
+@dataclass
 class RetryConfig:
     max_retries: int = 5
     initial_backoff_ms: int = 50
@@ -93,6 +108,7 @@ class RouterConfig:
     prefill_policy: str | None = None
     decode_policy: str | None = None
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+    disagg: DisaggConfig = field(default_factory=DisaggConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     health: HealthCheckConfig = field(default_factory=HealthCheckConfig)

@@ -4,7 +4,9 @@ One pooled aiohttp session (created at app start, closed at shutdown) carries ev
 upstream call. An attempt = place -> take load -> adapter legs -> status check. While
 nothing has reached the client, connection errors and retryable statuses are retried
 with exponential backoff and jitter, each time re-placed with the failed workers in
-`request.excluded` (for P/D, another pair). Every ending path (success, upstream error,
+`request.excluded` (for P/D, another pair; a failed decode-only attempt may come back as
+a pair and a failed pair as decode-only, see `router.placement.disagg_decider`). Every
+ending path (success, upstream error,
 client disconnect, cancellation, timeout) releases the `LoadGuard`, and every outcome is
 recorded on the worker's circuit breaker.
 
@@ -32,7 +34,7 @@ from router.metrics import RouterMetrics
 from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
 from router.prepare import PreparedRequest
 from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE
-from router.workers.worker import Worker
+from router.workers.worker import Role, Worker
 
 logger = logging.getLogger("atom_mesh.dispatch")
 
@@ -59,10 +61,13 @@ def plan_workers(plan: PlacementPlan) -> tuple[Worker, ...]:
 
 
 def worker_headers(plan: PlacementPlan) -> list[tuple[str, str]]:
-    """Response headers naming the workers used (the demo prints them)."""
-    if isinstance(plan, Single):
-        return [("x-atom-worker", plan.worker.url)]
-    return [("x-atom-prefill-worker", plan.prefill.url), ("x-atom-decode-worker", plan.decode.url)]
+    """Response headers naming the workers used (the demo prints them). A decode-only
+    answer names only its decode worker, so clients can tell it from a pair."""
+    if isinstance(plan, Pair):
+        return [("x-atom-prefill-worker", plan.prefill.url), ("x-atom-decode-worker", plan.decode.url)]
+    if plan.worker.role is Role.DECODE:
+        return [("x-atom-decode-worker", plan.worker.url)]
+    return [("x-atom-worker", plan.worker.url)]
 
 
 @dataclass
@@ -97,7 +102,9 @@ class Reply:
                 async for chunk in upstream.response.content.iter_any():
                     yield chunk
         except TimeoutError:
-            raise ApiError(504, "request timed out while streaming; raise --request-timeout-secs for long generations", code="timeout") from None
+            raise ApiError(
+                504, "request timed out while streaming; raise --request-timeout-secs for long generations", code="timeout"
+            ) from None
         except _STREAM_ERRORS as exc:
             self.on_stream_failure(upstream.worker)
             raise ApiError(
@@ -186,6 +193,8 @@ class Dispatcher:
                 guard.release()
                 last_error = exc.error
                 self._failed(exc.worker, descriptor)
+                if plan.disagg is not None:
+                    descriptor.failed_decision = plan.disagg.decision
                 if attempt + 1 < attempts:
                     self.metrics.child(self.metrics.retries, request.route, exc.cause).inc()
                     logger.info(
@@ -256,7 +265,23 @@ class Dispatcher:
             metrics.child(metrics.placements, "prefill", self.config.policy_for("prefill"), plan.prefill_reason).inc()
             metrics.child(metrics.placements, "decode", self.config.policy_for("decode"), plan.decode_reason).inc()
         else:
-            metrics.child(metrics.placements, "regular", self.config.policy, plan.reason).inc()
+            role = plan.worker.role.value
+            metrics.child(metrics.placements, role, self.config.policy_for(role), plan.reason).inc()
+        decision = plan.disagg
+        if decision is not None:
+            metrics.child(metrics.disagg_decisions, decision.decision, decision.reason).inc()
+            metrics.disagg_uncached_tokens.observe(decision.uncached_tokens)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "disaggregation decision",
+                    extra={
+                        "decision": decision.decision,
+                        "reason": decision.reason,
+                        "prompt_tokens": decision.prompt_tokens,
+                        "cached_tokens": decision.cached_tokens,
+                        "uncached_tokens": decision.uncached_tokens,
+                    },
+                )
 
     def _succeeded(self, plan: PlacementPlan) -> None:
         for worker in plan_workers(plan):

@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0)
+_TOKEN_BUCKETS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 
 class RouterMetrics:
@@ -45,7 +46,22 @@ class RouterMetrics:
         )
         self.retries = Counter("atom_mesh_retries", "Upstream attempts retried, by cause", ["route", "cause"], registry=r)
         self.placements = Counter(
-            "atom_mesh_placements", "Placement decisions by pool role, policy and reason", ["role", "policy", "reason"], registry=r
+            "atom_mesh_placements",
+            "Placement decisions by pool role, policy and reason",
+            ["role", "policy", "reason"],
+            registry=r,
+        )
+        self.disagg_decisions = Counter(
+            "atom_mesh_disagg_decisions",
+            "P/D plans by decision (pair, decode_only) and the rule that chose it",
+            ["decision", "reason"],
+            registry=r,
+        )
+        self.disagg_uncached_tokens = Histogram(
+            "atom_mesh_disagg_uncached_tokens",
+            "Prompt tokens the chosen decode worker does not cache, per P/D plan",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
         )
         self.upstream_failures = Counter(
             "atom_mesh_upstream_failures", "Failed upstream attempts by worker", ["worker", "role"], registry=r

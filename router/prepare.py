@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from router.errors import ApiError
-from router.placement.types import RequestDescriptor
+from router.placement.types import RequestDescriptor, estimate_prompt_tokens
 from router.tokenizer import Tokenizer
 
 CHAT_ROUTE = "/v1/chat/completions"
@@ -181,7 +181,7 @@ def prepare_request(
         max_out = parsed.max_tokens
     if tokens is None and tokenizer is not None:
         tokens = tokenizer.encode(text)
-    prompt_estimate = len(tokens) if tokens is not None else len(text) // 4 + 1
+    prompt_estimate = estimate_prompt_tokens(text, tokens)
     descriptor = RequestDescriptor(
         request_id=_request_id(headers, request_id_headers),
         model=parsed.model,
@@ -190,5 +190,6 @@ def prepare_request(
         routing_tokens=tokens,
         session_key=headers.get(session_header) or None,
         estimated_tokens=(prompt_estimate + (max_out or 0)) * batch_size * (parsed.n or 1),
+        prompt_tokens=prompt_estimate,
     )
     return PreparedRequest(route=route, raw=raw, body=body, descriptor=descriptor, batch_size=batch_size)

@@ -122,6 +122,7 @@ def run(max_tokens: int, connector: str) -> None:
 
         router = start_router(
             "--pd-disaggregation", "--backend", "vllm", "--prefill", prefill.url, "--decode", decode.url,
+            "--always-pair",  # the demo shows a KV handover; short prompts would otherwise go decode-only
             name="demo-router",
         )
         started.append(router)

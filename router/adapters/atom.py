@@ -7,6 +7,10 @@ At registration the router reads each prefill worker's `GET /kv_transfer_info`
 
 Unverified against a real ATOM engine (it needs ROCm GPUs); the wire format follows
 ATOM's published router and is exercised against recorded ATOM-like responses.
+
+`runs_decode_only` stays False: ATOM's published protocol always relays through a
+kv_producer, and whether a kv_consumer ATOM engine prefills a plain request locally is
+not verified, so ATOM pools always pair.
 """
 
 from __future__ import annotations

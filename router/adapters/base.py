@@ -66,6 +66,10 @@ class Adapter(abc.ABC):
     name: ClassVar[str]
     # True: plans are `Pair`s (prefill + decode); False: `Single` co-located workers.
     disaggregated: ClassVar[bool] = True
+    # True: the protocol's decode workers also serve a plain request on their own
+    # (prefilling locally), so the planner may send a `Single` to a decode worker.
+    # False: decode needs a prefill leg every time and P/D pools always pair.
+    runs_decode_only: ClassVar[bool] = False
 
     def __init__(self, http: aiohttp.ClientSession) -> None:
         self.http = http
@@ -82,11 +86,15 @@ class Adapter(abc.ABC):
 
     # Helpers shared by the protocols -------------------------------------------------
 
+    async def send_whole(self, plan: Single, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
+        """The client's bytes, unchanged, to one worker that runs the whole request."""
+        return Upstream(plan.worker, await self.post(plan.worker, request.route, request.raw, headers))
+
     async def post(self, worker: Worker, route: str, data: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """POST `data` to `worker`; a connection failure becomes `LegFailure(status=None)`."""
         try:
             return await self.http.post(worker.url + route, data=data, headers=headers)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise LegFailure(worker, f"cannot reach {worker.role.value} worker {worker.url}: {exc!r}") from exc
 
     async def post_leg(
@@ -96,7 +104,7 @@ class Adapter(abc.ABC):
         resp = await self.post(worker, route, orjson.dumps(body), headers)
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             resp.close()
             raise LegFailure(worker, f"{worker.role.value} worker {worker.url} dropped the connection: {exc!r}") from exc
         finally:
@@ -124,7 +132,7 @@ class Adapter(abc.ABC):
                 if resp.status != 200:
                     raise LegFailure(worker, f"GET {url} answered {resp.status}", status=502, body=data)
                 return orjson.loads(data)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
             raise LegFailure(worker, f"GET {url} failed: {exc!r}") from exc
 
 

@@ -14,5 +14,4 @@ class OpenAIAdapter(Adapter):
     disaggregated = False
 
     async def send(self, plan: PlacementPlan, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
-        worker = expect_single(plan).worker
-        return Upstream(worker, await self.post(worker, request.route, request.raw, headers))
+        return await self.send_whole(expect_single(plan), request, headers)

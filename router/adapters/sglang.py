@@ -7,6 +7,9 @@ The client gets decode's answer; a prefill error fails the request (SGLang's own
 balancer returns 200 then, which hides lost work), and the sibling leg is cancelled.
 With `return_logprob`, prefill's `meta_info.input_token_logprobs` are merged in front of
 decode's, as SGLang's gateways do.
+
+A decode-mode server rejects a request without a bootstrap room (400), so it cannot
+prefill on its own: `runs_decode_only` stays False and SGLang pools always pair.
 """
 
 from __future__ import annotations

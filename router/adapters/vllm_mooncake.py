@@ -5,6 +5,10 @@ Decode needs prefill's engine id, which prefill's bootstrap server publishes at
 it is read once per worker and cached (dropped again when that prefill fails, since a
 restarted engine has a new id). Decode waits up to 480 s for KV that a failed prefill
 never sends, so a prefill failure cancels decode at once.
+
+Without `kv_transfer_params` (no `do_remote_prefill`) the connector reports no remote
+tokens and decode prefills locally, so a decode-only plan is the client's body sent to
+decode unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Mapping
 import orjson
 
 from router.adapters.base import Adapter, LegFailure, Upstream, expect_pair, prefill_body, run_both
-from router.placement.types import PlacementPlan
+from router.placement.types import PlacementPlan, Single
 from router.prepare import PreparedRequest
 from router.workers.worker import Worker
 
@@ -30,6 +34,7 @@ def bootstrap_addr(worker: Worker) -> str:
 
 class VllmMooncakeAdapter(Adapter):
     name = "vllm-mooncake"
+    runs_decode_only = True
 
     async def engine_id(self, worker: Worker) -> str:
         """Prefill's Mooncake engine id (DP rank 0), cached in `worker.engine_info`."""
@@ -47,6 +52,8 @@ class VllmMooncakeAdapter(Adapter):
         return engine_id
 
     async def send(self, plan: PlacementPlan, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
+        if isinstance(plan, Single):
+            return await self.send_whole(plan, request, headers)
         pair = expect_pair(plan)
         engine_id = await self.engine_id(pair.prefill)
         transfer_id = f"xfer-{uuid.uuid4().hex}"

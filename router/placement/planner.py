@@ -4,6 +4,11 @@ Pure: the planner reads worker state and the clock value it is given, and calls 
 policies; it does no I/O. Every way a request can fail to be placed is a typed
 `PlacementError` (with its HTTP status), raised before any policy is consulted, so a
 failed placement leaves no trace in policy state (trees, rotations, sessions).
+
+In a P/D pool the decode worker is chosen first (its cache decides what a prefill would
+save), then the `DisaggRule` says whether to pair a prefill worker with it (`Pair`) or
+let it prefill locally (`Single` on the decode worker); the prefill policy runs only for
+a pair.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from router.config import RouterConfig
+from router.config import DisaggConfig, RouterConfig
 from router.errors import NoHealthyDecodeError, NoHealthyPrefillError, NoWorkersError, PlacementError, UnknownModelError
-from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
+from router.placement.disagg_decider import DisaggRule
+from router.placement.types import PAIR, Pair, PlacementPlan, RequestDescriptor, Single
 from router.policies.base import Policy, Selection
 from router.policies.kv_block_index import KVBlockIndex
 from router.policies.registry import create_policy
@@ -33,18 +39,38 @@ def known_models(workers: Iterable[Worker]) -> set[str]:
 
 
 class Planner:
-    """One policy per pool; `plan` turns a request into a `Single` or a `Pair`."""
+    """One policy per pool; `plan` turns a request into a `Single` or a `Pair`.
 
-    def __init__(self, regular_policy: Policy, prefill_policy: Policy, decode_policy: Policy) -> None:
+    `disagg` decides pair versus decode-only in P/D mode; by default it always pairs (a
+    backend that cannot run decode-only).
+    """
+
+    def __init__(
+        self,
+        regular_policy: Policy,
+        prefill_policy: Policy,
+        decode_policy: Policy,
+        disagg: DisaggRule | None = None,
+    ) -> None:
         self._policies = {
             Role.REGULAR: regular_policy,
             Role.PREFILL: prefill_policy,
             Role.DECODE: decode_policy,
         }
+        self.disagg = disagg or DisaggRule(DisaggConfig())
 
     @classmethod
-    def from_config(cls, config: RouterConfig, rng: random.Random, kv_index: KVBlockIndex | None = None) -> Planner:
-        """Policies named by `--policy` / `--prefill-policy` / `--decode-policy`."""
+    def from_config(
+        cls,
+        config: RouterConfig,
+        rng: random.Random,
+        kv_index: KVBlockIndex | None = None,
+        *,
+        decode_only_capable: bool = False,
+    ) -> Planner:
+        """Policies named by `--policy` / `--prefill-policy` / `--decode-policy`; the
+        disaggregation rule from `config.disagg` and whether the backend's adapter can
+        serve a request on a decode worker alone (`Adapter.runs_decode_only`)."""
         def build(role: Role) -> Policy:
             return create_policy(config.policy_for(role.value), config.policy_config, rng, kv_index)
 
@@ -52,6 +78,7 @@ class Planner:
             regular_policy=build(Role.REGULAR),
             prefill_policy=build(Role.PREFILL),
             decode_policy=build(Role.DECODE),
+            disagg=DisaggRule(config.disagg, decode_only_capable),
         )
 
     def policy(self, role: Role) -> Policy:
@@ -79,11 +106,19 @@ class Planner:
             chosen = self._select(Role.REGULAR, self._candidates(Role.REGULAR, request, pool, now), request)
             return Single(chosen.worker, chosen.reason)
         # Both pools are checked before either policy runs, so a failure changes no state.
-        prefill_candidates = self._candidates(Role.PREFILL, request, pool, now)
+        prefill_candidates = self._prefill_candidates(request, pool, now)
         decode_candidates = self._candidates(Role.DECODE, request, pool, now)
-        prefill = self._select(Role.PREFILL, prefill_candidates, request)
         decode = self._select(Role.DECODE, decode_candidates, request)
-        return Pair(prefill.worker, decode.worker, prefill.reason, decode.reason)
+        decision = self.disagg.decide(
+            prompt_tokens=request.prompt_tokens,
+            cached_tokens=decode.cached_tokens,
+            prefill_in_flight=[w.in_flight_requests for w in prefill_candidates],
+            failed_decision=request.failed_decision,
+        )
+        if decision.decision != PAIR:
+            return Single(decode.worker, decode.reason, decision)
+        prefill = self._select(Role.PREFILL, prefill_candidates, request)
+        return Pair(prefill.worker, decode.worker, prefill.reason, decode.reason, decision)
 
     def on_worker_removed(self, worker: Worker) -> None:
         """Registry removal listener: the worker's pool policy forgets it."""
@@ -92,6 +127,15 @@ class Planner:
     def evict(self, now: float) -> int:
         """The periodic eviction tick for every pool's policy; returns the total freed."""
         return sum(policy.evict(now) for policy in self._policies.values())
+
+    def _prefill_candidates(self, request: RequestDescriptor, pool: list[Worker], now: float) -> list[Worker]:
+        """The prefill candidates; none (rather than an error) where decode may serve alone."""
+        try:
+            return self._candidates(Role.PREFILL, request, pool, now)
+        except NoHealthyPrefillError:
+            if self.disagg.may_skip_prefill:
+                return []
+            raise
 
     def _select(self, role: Role, candidates: Sequence[Worker], request: RequestDescriptor) -> Selection:
         return self._policies[role].select_worker(candidates, request)

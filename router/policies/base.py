@@ -18,10 +18,17 @@ from router.workers.worker import Worker
 
 @dataclass(frozen=True)
 class Selection:
-    """A policy's choice and why (the reason is a metric label: cache_hit, balance_gate ...)."""
+    """A policy's choice and why (the reason is a metric label: cache_hit, balance_gate ...).
+
+    `cached_tokens` is the policy's estimate of how many leading prompt tokens the chosen
+    worker already caches, taken before the choice updates any state; policies that
+    model no cache report 0. A P/D pool weighs it against the prompt's length to decide
+    whether a prefill worker is worth pairing (`router.placement.disagg_decider`).
+    """
 
     worker: Worker
     reason: str
+    cached_tokens: int = 0
 
 
 class Policy(abc.ABC):

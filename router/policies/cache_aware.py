@@ -12,7 +12,10 @@ prefix cache (a `RadixTree` with one tenant per worker) and decides in this orde
    room, and spreading new prefixes keeps future hits balanced.
 
 Load here is in-flight requests. Whatever was chosen, the key is inserted under that
-worker, since that is where the engine will now cache it.
+worker, since that is where the engine will now cache it. The selection reports the
+chosen worker's matched prefix (before that insert) as its cached-token estimate: tokens
+for token keys, characters / `CHARS_PER_TOKEN` for text keys, the same conversion the
+prompt's own estimate uses.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from router.config import PolicyConfig
-from router.placement.types import RequestDescriptor
+from router.placement.types import CHARS_PER_TOKEN, RequestDescriptor
 from router.policies.base import Policy, Selection
 from router.policies.keys import routing_key
 from router.policies.load import least_loaded, load_of
@@ -48,16 +51,21 @@ class CacheAwarePolicy(Policy):
             max_load - min_load > self._config.balance_abs_threshold
             and max_load > self._config.balance_rel_threshold * min_load
         ):
-            return Selection(least_loaded(workers), "balance_gate")
+            chosen = least_loaded(workers)
+            return Selection(chosen, "balance_gate", self._cached_tokens(key, chosen))
 
         by_id = {w.worker_id: w for w in workers}
         match = self.tree.prefix_match(key, by_id.keys())
         if key and match.length / len(key) > self._config.cache_threshold:
             holders = [by_id[t] for t in match.tenants]
-            return Selection(least_loaded(holders), "cache_hit")
+            return Selection(least_loaded(holders), "cache_hit", _as_tokens(key, match.length))
 
         smallest = min(workers, key=lambda w: (self.tree.tenant_size(w.worker_id), load_of(w)))
-        return Selection(smallest, "smallest_tree")
+        return Selection(smallest, "smallest_tree", self._cached_tokens(key, smallest))
+
+    def _cached_tokens(self, key: Key, worker: Worker) -> int:
+        """How much of `key` the tree says `worker` holds, in tokens."""
+        return _as_tokens(key, self.tree.prefix_match(key, (worker.worker_id,)).length) if key else 0
 
     def evict(self, now: float) -> int:
         """Trim the tree to `max_tree_size`.
@@ -69,3 +77,8 @@ class CacheAwarePolicy(Policy):
 
     def on_worker_removed(self, worker: Worker) -> None:
         self.tree.remove_tenant(worker.worker_id)
+
+
+def _as_tokens(key: Key, matched: int) -> int:
+    """A matched key length in tokens: token keys count tokens, text keys characters."""
+    return matched if isinstance(key, tuple) else matched // CHARS_PER_TOKEN

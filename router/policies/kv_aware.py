@@ -13,6 +13,9 @@ filter -> scorer -> picker shape, every score in [0, 1]:
 Reasons (a metric label): `kv_hit` (the winner holds part of the prompt), `kv_miss`
 (nobody does: load decided), `no_tokens` (the request has no token ids: the router needs
 `--tokenizer-path`, or the client sends token ids; load decides).
+
+The selection's cached-token estimate is the winner's matched blocks x the block size
+the engines reported: what the engine itself holds, in whole blocks.
 """
 
 from __future__ import annotations
@@ -38,15 +41,23 @@ class KVAwarePolicy(Policy):
 
     def scores(self, workers: Sequence[Worker], request: RequestDescriptor) -> dict[str, tuple[float, float]]:
         """worker id -> (prefix score, load score), each in [0, 1]."""
+        return self._scores(workers, request)[0]
+
+    def _scores(
+        self, workers: Sequence[Worker], request: RequestDescriptor
+    ) -> tuple[dict[str, tuple[float, float]], dict[str, int]]:
+        """The scores, and each worker's matched prefix in tokens (whole blocks)."""
         most = max(w.in_flight_requests for w in workers)
         load = {w.worker_id: 1.0 - (w.in_flight_requests / most if most else 0.0) for w in workers}
         matched, total = self._index.matched_blocks(request.routing_tokens or [], load.keys())
-        return {wid: (matched[wid] / total if total else 0.0, load[wid]) for wid in load}
+        block_size = self._index.block_size(load.keys()) or 0
+        scores = {wid: (matched[wid] / total if total else 0.0, load[wid]) for wid in load}
+        return scores, {wid: blocks * block_size for wid, blocks in matched.items()}
 
     def select_worker(self, workers: Sequence[Worker], request: RequestDescriptor) -> Selection:
         if not request.routing_tokens:
             return Selection(least_loaded(workers, self._rng), "no_tokens")
-        scores = self.scores(workers, request)
+        scores, cached = self._scores(workers, request)
         cfg = self._config
 
         def total(w: Worker) -> float:
@@ -55,4 +66,5 @@ class KVAwarePolicy(Policy):
 
         best = max(total(w) for w in workers)
         winner = least_loaded([w for w in workers if total(w) == best], self._rng)
-        return Selection(winner, "kv_hit" if scores[winner.worker_id][0] > 0 else "kv_miss")
+        reason = "kv_hit" if scores[winner.worker_id][0] > 0 else "kv_miss"
+        return Selection(winner, reason, cached[winner.worker_id])

@@ -39,7 +39,8 @@ def fleet(tmp_path_factory, protocol: str) -> Iterator[SimFleet]:
 @pytest.fixture
 def router(fleet: SimFleet, protocol: str) -> Iterator[Router]:
     fleet.clear_faults()
-    args = ["--pd-disaggregation", "--backend", protocol, "--policy", "round_robin"]
+    # --always-pair: every request must take both legs, so prefill faults are always hit.
+    args = ["--pd-disaggregation", "--backend", protocol, "--policy", "round_robin", "--always-pair"]
     for w in fleet.workers:
         if w["role"] == "prefill":
             args += ["--prefill", w["url"], str(w["bootstrap_port"]) if w["bootstrap_port"] else "none"]

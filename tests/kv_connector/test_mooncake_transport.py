@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("mooncake.engine")
 
-from kv_connector.mooncake import MooncakeTransport  # noqa: E402
-from kv_connector.transport import BatchState, MemoryRef, TransferError, TransferOp  # noqa: E402
+from kv_connector.mooncake import MooncakeTransport
+from kv_connector.transport import BatchState, MemoryRef, TransferError, TransferOp
 
 SIZE = 8 << 20
 
@@ -52,7 +52,8 @@ def test_write_and_read_batches_move_exact_bytes(peer):
     remote = t.connect(endpoint)
     half = SIZE // 2
     # One synchronous batch of scattered ops, one asynchronous batch polled to completion.
-    t.write(remote, [TransferOp(MemoryRef(local_data, i * 4096), MemoryRef(remote_sink, i * 4096), 4096) for i in range(0, half // 4096)])
+    scattered = [TransferOp(MemoryRef(local_data, i), MemoryRef(remote_sink, i), 4096) for i in range(0, half, 4096)]
+    t.write(remote, scattered)
     handle = t.submit_write(remote, [TransferOp(MemoryRef(local_data, half), MemoryRef(remote_sink, half), half)])
     while (state := t.poll(handle)) is BatchState.PENDING:
         pass
@@ -71,4 +72,32 @@ def test_ops_outside_registered_memory_are_refused():
     desc = t.register_memory(buf.ctypes.data, buf.nbytes)
     with pytest.raises(TransferError, match="outside registered memory"):
         t.write(t.connect(t.engine_descriptor()), [TransferOp(MemoryRef(desc, 4000), MemoryRef(desc, 0), 200)])
+    t.close()
+
+
+def test_a_polled_multi_op_batch_is_done_only_when_every_op_landed(peer):
+    """Mooncake's status call sees only a batch's first task: DONE must still mean all ops."""
+    conn, (endpoint, remote_sink, _) = peer
+    t = MooncakeTransport()
+    data = np.random.default_rng(1).integers(1, 256, SIZE, dtype=np.uint8)  # no zero byte
+    local = t.register_memory(data.ctypes.data, SIZE)
+    remote = t.connect(endpoint)
+    chunk = SIZE // 128
+    ops = [TransferOp(MemoryRef(local, i), MemoryRef(remote_sink, i), chunk) for i in range(0, SIZE, chunk)]
+    handle = t.submit_write(remote, ops)
+    while (state := t.poll(handle)) is BatchState.PENDING:
+        pass
+    assert state is BatchState.DONE
+    assert t.poll(handle) is BatchState.DONE  # polling a finished batch again is safe
+    conn.send("written")
+    assert conn.recv() == data.tobytes()
+    t.close()
+
+
+def test_a_write_to_an_unreachable_peer_fails_cleanly():
+    t = MooncakeTransport()
+    buf = np.zeros(4096, dtype=np.uint8)
+    desc = t.register_memory(buf.ctypes.data, buf.nbytes)
+    with pytest.raises(TransferError, match="could not submit"):
+        t.submit_write("127.0.0.1:1", [TransferOp(MemoryRef(desc, 0), MemoryRef(desc, 0), 16)])
     t.close()

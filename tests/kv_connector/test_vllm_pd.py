@@ -51,7 +51,11 @@ def pd_pair(tiny_llama):
 @pytest.fixture(scope="module")
 def router(pd_pair):
     p, d = pd_pair
-    proc = start_router("--pd-disaggregation", "--backend", "vllm", "--prefill", p.url, "--decode", d.url, "--policy", "round_robin")
+    # --always-pair: every prompt length must go through the connector, short ones too.
+    proc = start_router(
+        "--pd-disaggregation", "--backend", "vllm", "--prefill", p.url, "--decode", d.url,
+        "--policy", "round_robin", "--always-pair",
+    )  # fmt: skip
     try:
         yield proc
     finally:

@@ -9,6 +9,7 @@ import pytest
 from router.adapters import ADAPTERS
 from router.adapters.base import Adapter
 from router.adapters.sglang import merge_input_logprobs
+from router.config import DisaggConfig
 from tests.support.inprocess_router import loads_are_zero, make_config, pd_workers, running_router
 from tests.support.recording_upstream import (
     after,
@@ -21,6 +22,10 @@ from tests.support.recording_upstream import (
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 7}
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 7}
+
+# These tests exercise the pair legs of each protocol: vLLM pools would otherwise send
+# the tiny prompts decode-only (tests/unit/test_disagg_decider.py covers that choice).
+ALWAYS_PAIR = DisaggConfig(always_pair=True)
 
 
 def test_every_backend_name_loads_its_adapter() -> None:
@@ -38,7 +43,7 @@ def test_every_backend_name_loads_its_adapter() -> None:
 async def test_vllm_serial_prefill_then_decode_with_returned_params(stream: bool) -> None:
     params = {"do_remote_prefill": True, "remote_block_ids": [1, 2], "remote_engine_id": "E", "remote_host": "h", "remote_port": 5}
     async with upstreams("p", "d") as (p, d):
-        config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="vllm")
+        config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="vllm", disagg=ALWAYS_PAIR)
         async with running_router(config) as router:
             p.script("/v1/chat/completions", json_reply(completion_body(chat=True, kv_transfer_params=params)))
             body = {**CHAT, "stream": stream, "stream_options": {"include_usage": True}} if stream else CHAT
@@ -58,7 +63,7 @@ async def test_vllm_serial_prefill_then_decode_with_returned_params(stream: bool
 
 async def test_vllm_serial_prefill_without_params_sends_decode_the_client_body() -> None:
     async with upstreams("p", "d") as (p, d):
-        config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="vllm")
+        config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="vllm", disagg=ALWAYS_PAIR)
         async with running_router(config) as router:
             resp = await router.post("/v1/completions", COMPLETION)
             assert resp.status == 200
@@ -67,7 +72,7 @@ async def test_vllm_serial_prefill_without_params_sends_decode_the_client_body()
 
 async def test_vllm_serial_prefill_client_error_is_returned_not_retried() -> None:
     async with upstreams("p", "d") as (p, d):
-        config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="vllm")
+        config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="vllm", disagg=ALWAYS_PAIR)
         async with running_router(config) as router:
             p.script("/v1/completions", json_reply({"error": {"message": "prompt too long", "type": "BadRequestError", "code": 400}}, 400))
             resp = await router.post("/v1/completions", COMPLETION)
@@ -84,7 +89,9 @@ async def test_vllm_serial_prefill_client_error_is_returned_not_retried() -> Non
 async def test_vllm_mooncake_concurrent_legs_share_transfer_id() -> None:
     async with upstreams("p", "d", "bootstrap") as (p, d, boot):
         boot.set_default("/query", json_reply({"0": {"engine_id": "engine-P", "worker_addr": {"0": {"0": "x"}}}}))
-        config = make_config(workers=pd_workers([(p.url, boot.port)], [d.url]), backend="vllm-mooncake")
+        config = make_config(
+            workers=pd_workers([(p.url, boot.port)], [d.url]), backend="vllm-mooncake", disagg=ALWAYS_PAIR
+        )
         async with running_router(config) as router:
             for _ in range(2):
                 # Prefill answers only once decode's leg arrived: a serial router would deadlock.
@@ -113,7 +120,9 @@ async def test_vllm_mooncake_concurrent_legs_share_transfer_id() -> None:
 async def test_vllm_mooncake_prefill_failure_cancels_decode() -> None:
     async with upstreams("p", "d", "bootstrap") as (p, d, boot):
         boot.set_default("/query", json_reply({"0": {"engine_id": "engine-P"}}))
-        config = make_config(workers=pd_workers([(p.url, boot.port)], [d.url]), backend="vllm-mooncake")
+        config = make_config(
+            workers=pd_workers([(p.url, boot.port)], [d.url]), backend="vllm-mooncake", disagg=ALWAYS_PAIR
+        )
         config.retry.enabled = False
         async with running_router(config) as router:
             d.script("/v1/completions", hang())

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import orjson
 
-from router.config import CircuitBreakerConfig
+from router.config import CircuitBreakerConfig, DisaggConfig
 from tests.support.inprocess_router import loads_are_zero, make_config, metrics_with, pd_workers, regular, running_router
 from tests.support.recording_upstream import (
     hang,
@@ -57,7 +57,9 @@ async def test_connection_refused_is_retried_on_another_worker() -> None:
 
 async def test_pd_retry_uses_another_pair_after_prefill_failure() -> None:
     async with upstreams("p1", "p2", "d") as (p1, p2, d):
-        config = make_config(workers=pd_workers([(p1.url, None), (p2.url, None)], [d.url]), backend="vllm")
+        config = make_config(
+            workers=pd_workers([(p1.url, None), (p2.url, None)], [d.url]), backend="vllm", disagg=DisaggConfig(always_pair=True)
+        )
         async with running_router(config) as router:
             for p in (p1, p2):
                 p.script("/v1/completions", text_reply("prefill died", 500))

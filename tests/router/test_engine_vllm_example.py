@@ -48,6 +48,7 @@ def example_pair(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             procs["decode"].url,
             "--policy",
             "round_robin",
+            "--always-pair",  # every answer must come through the connector
         )
         yield procs
     finally:

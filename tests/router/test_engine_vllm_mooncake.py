@@ -68,6 +68,7 @@ def mooncake_pair(tiny_llama: Path) -> Iterator[dict[str, ManagedProcess]]:
             procs["decode"].url,
             "--policy",
             "round_robin",
+            "--always-pair",  # every answer must come through the connector
         )
         yield procs
     finally:

@@ -44,7 +44,9 @@ def test_pd_request_gets_a_pair_with_both_reasons() -> None:
     prefill, decode = worker(1, Role.PREFILL), worker(2, Role.DECODE)
     planner = Planner(RoundRobinPolicy(), CacheAwarePolicy(PolicyConfig()), RoundRobinPolicy())
     plan = planner.plan(req(), [worker(3), prefill, decode], pd=True, now=0.0)
-    assert plan == Pair(prefill, decode, "smallest_tree", "round_robin")
+    assert isinstance(plan, Pair) and plan.disagg is not None
+    assert plan == Pair(prefill, decode, "smallest_tree", "round_robin", plan.disagg)
+    assert (plan.disagg.decision, plan.disagg.reason) == ("pair", "backend_pairs")  # the default rule always pairs
 
 
 def test_no_registered_workers_is_a_503_that_says_how_to_add_one() -> None:

@@ -1,20 +1,23 @@
 """AITER (ROCm) implementations of the ops, same signatures as `torch_ops`.
 
-UNVERIFIED HERE: this machine has no ROCm device, so these calls are written against
-AITER's public API (ROCm/aiter: `aiter.rms_norm`, `aiter.rmsnorm2d_fwd_with_add`,
-`aiter.silu_and_mul`, `aiter.tuned_gemm.tgemm`, `aiter.topk_softmax`,
-`aiter.fused_moe.fused_moe`, `aiter.ops.triton.rope.rope.rope_cached_thd_positions_2c_fwd`) and never
-executed. This module is imported only when `selection.resolve` picked AITER for at
-least one op, i.e. on a ROCm build of torch with a device and the package installed.
+Checked against amd-aiter 0.1.7.post2.dev18's API, never run (this machine has no ROCm
+device): tests/models/test_aiter_api.py finds every `aiter` name this module uses in
+that wheel's source and binds each call to the signature there. The calls:
+`aiter.rms_norm`, `aiter.rmsnorm2d_fwd_with_add`, `aiter.rope_cached_positions_2c_fwd`,
+`aiter.silu_and_mul`, `aiter.tuned_gemm.tgemm.mm`, `aiter.topk_softmax` and
+`aiter.fused_moe.fused_moe`. This module is imported only when `selection.resolve`
+picked AITER for at least one op, i.e. on a ROCm build of torch with a device and the
+package installed.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import aiter
 import torch
 from aiter import ActivationType, QuantType
 from aiter.fused_moe import fused_moe as _aiter_fused_moe
-from aiter.ops.triton.rope.rope import rope_cached_thd_positions_2c_fwd
 from aiter.tuned_gemm import tgemm
 
 
@@ -41,23 +44,34 @@ def rotary_embedding(
     head_dim: int,
     is_neox: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    cos, sin = cos_sin_cache.chunk(2, dim=-1)
-    rot_dim = cos.shape[-1] * 2
-    q3 = q.view(q.shape[0], -1, head_dim)
-    k3 = k.view(k.shape[0], -1, head_dim)
-    q_rot, k_rot = rope_cached_thd_positions_2c_fwd(
-        q3[..., :rot_dim],
-        k3[..., :rot_dim],
+    # AITER's "sbhd" layout with s = 1 and b = tokens, as vLLM calls it; positions [s, b],
+    # int64 and unit-strided (the kernel reads them raw). The rotated width is
+    # cos.shape[-1] * 2 (reuse_freqs_front_part); the kernel copies the dimensions past
+    # it (partial rotary, nope_first=False).
+    tokens = positions.numel()
+    cos, sin = _cos_sin(cos_sin_cache)
+    q_out, k_out = aiter.rope_cached_positions_2c_fwd(
+        q.view(1, tokens, -1, head_dim),
+        k.view(1, tokens, -1, head_dim),
         cos,
         sin,
-        positions.flatten(),
+        positions.to(torch.int64).contiguous().view(1, tokens),
         0 if is_neox else 1,  # rotate_style: 0 = neox, 1 = gptj
         reuse_freqs_front_part=True,
         nope_first=False,
     )
-    q_out = torch.cat((q_rot, q3[..., rot_dim:]), dim=-1)
-    k_out = torch.cat((k_rot, k3[..., rot_dim:]), dim=-1)
-    return q_out.flatten(1), k_out.flatten(1)
+    return q_out.reshape(q.shape), k_out.reshape(k.shape)
+
+
+@lru_cache(maxsize=8)
+def _cos_sin(cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin as contiguous [max_pos, 1, 1, rotary_dim / 2], split once per cache.
+
+    The kernel indexes them by position without strides, so the halves of
+    `cos_sin_cache` (views with the full row stride) must be copied out.
+    """
+    cos, sin = cos_sin_cache.chunk(2, dim=-1)
+    return cos.contiguous().view(cos.shape[0], 1, 1, -1), sin.contiguous().view(sin.shape[0], 1, 1, -1)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
