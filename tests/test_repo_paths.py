@@ -1,7 +1,7 @@
 """Every file reference in the code resolves inside the repository.
 
 Code and docstrings once pointed at absolute paths of one machine's shared docs folder,
-which no other checkout has. References to the docs are repo-relative (`docs/x.md`) and
+which no other checkout has. References to the docs are repo-relative (`docs/<name>.md`) and
 must name a file that exists.
 """
 
