@@ -28,7 +28,9 @@ import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from kv_connector.defaults import TRANSFER_TIMEOUT_S
 from kv_connector.holds import ReceiveTracker
+from kv_connector.identity import PROTOCOL_VERSION
 from kv_connector.layout import KVLayout
 from kv_connector.messages import Message, PushRequest, PushResult
 from kv_connector.side_channel import ReplyTo, SideChannel
@@ -41,7 +43,7 @@ logger = logging.getLogger("atom_mesh.kv_connector.consumer")
 class ConsumerConfig:
     engine_id: str
     fingerprint: str
-    timeout_s: float = 30.0
+    timeout_s: float = TRANSFER_TIMEOUT_S
     grace_s: float = 5.0
     probe_interval_s: float = 1.0
 
@@ -87,7 +89,6 @@ class KVConsumer:
         producer_engine_id: str,
         dst_block_ids: list[int],
         first_block: int = 0,
-        tamper: str | None = None,
     ) -> None:
         """Ask the producer to push `transfer_id` into `dst_block_ids`; the answer shows up in take_results()."""
         ticket = uuid.uuid4().hex
@@ -107,7 +108,7 @@ class KVConsumer:
                 dst_block_ids=list(dst_block_ids),
                 first_block=first_block,
                 timeout_s=self._cfg.timeout_s,
-                tamper=tamper,
+                protocol_version=PROTOCOL_VERSION,
             ),
         )
 

@@ -1,6 +1,6 @@
 """Time-bounded bookkeeping of transfers on both sides (pure: callers pass `now`).
 
-Producer: `HoldTable` — blocks kept alive after prefill until a consumer claims them
+Producer: `HoldTable` of `HeldTransfer`s — blocks kept alive after prefill until a consumer claims them
 or the hold expires (so a decode that never comes cannot leak blocks). A claimed hold
 never expires under a running push; it is released when the push ends.
 
@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class Hold:
+class HeldTransfer:
+    """One entry of the producer's `HoldTable` (the `messages.Hold` that asks for it is the wire message)."""
+
     transfer_id: str
     owner: Hashable  # the engine's request key, reported back when the hold ends
     block_ids: list[int]
@@ -25,14 +27,14 @@ class Hold:
 
 @dataclass
 class HoldTable:
-    _holds: dict[str, Hold] = field(default_factory=dict)
+    _holds: dict[str, HeldTransfer] = field(default_factory=dict)
 
     def add(self, transfer_id: str, owner: Hashable, block_ids: list[int], *, now: float, ttl_s: float) -> None:
         if transfer_id in self._holds:
             raise ValueError(f"transfer {transfer_id} is already held")
-        self._holds[transfer_id] = Hold(transfer_id, owner, list(block_ids), now + ttl_s)
+        self._holds[transfer_id] = HeldTransfer(transfer_id, owner, list(block_ids), now + ttl_s)
 
-    def claim(self, transfer_id: str) -> Hold | None:
+    def claim(self, transfer_id: str) -> HeldTransfer | None:
         """Reserve a hold for one push; None if unknown, expired or already claimed."""
         hold = self._holds.get(transfer_id)
         if hold is None or hold.claimed:

@@ -58,7 +58,7 @@ def _check_blocks(layout: KVLayout, blocks: Sequence[int], side: str) -> None:
 def _runs(src_blocks: Sequence[int], dst_blocks: Sequence[int]) -> list[tuple[int, int, int]]:
     """Split block pairs into maximal runs (src_start, dst_start, count) consecutive on both sides."""
     runs: list[tuple[int, int, int]] = []
-    for s, d in zip(src_blocks, dst_blocks):
+    for s, d in zip(src_blocks, dst_blocks, strict=True):
         if runs:
             s0, d0, n = runs[-1]
             if s == s0 + n and d == d0 + n:
@@ -73,26 +73,20 @@ def plan_copies(
     src_blocks: Sequence[int],
     dst: KVLayout,
     dst_blocks: Sequence[int],
-    *,
-    src_region_order: Sequence[int] | None = None,
 ) -> list[list[TransferOp]]:
     """Byte copies that put page `src_blocks[i]` of every region into `dst_blocks[i]`.
 
     Returns one op list per destination region (so callers can pipeline by layer).
     Consecutive pages are merged into one op when pages are densely packed.
-    `src_region_order` maps destination region i to a source region; the default is
-    the identity (only a test hook permutes it, to prove the KV is really used).
     """
     if len(src_blocks) != len(dst_blocks):
         raise LayoutMismatch(f"{len(src_blocks)} source blocks for {len(dst_blocks)} destination blocks")
     check_compatible(src, dst)
     _check_blocks(src, src_blocks, "producer")
     _check_blocks(dst, dst_blocks, "consumer")
-    order = list(src_region_order) if src_region_order is not None else list(range(len(dst.regions)))
     runs = _runs(src_blocks, dst_blocks)
     plan: list[list[TransferOp]] = []
-    for dst_index, src_index in enumerate(order):
-        s, d = src.regions[src_index], dst.regions[dst_index]
+    for s, d in zip(src.regions, dst.regions, strict=True):  # check_compatible: as many
         dense = s.block_stride == s.block_bytes and d.block_stride == d.block_bytes
         ops: list[TransferOp] = []
         for s0, d0, n in runs:

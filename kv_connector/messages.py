@@ -11,13 +11,16 @@ The flow (serial P/D, as the router's `vllm` backend drives it):
    frees its blocks when the push ends or its hold times out.
 
 Everything is keyed by transfer id + engine identity + KV fingerprint, so KV of another
-model or another run of the producer can never be loaded.
+model or another run of the producer can never be loaded; every request names its
+protocol version (`kv_connector.identity`), so a producer of another build refuses it
+with an error that says so.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from kv_connector.identity import UNVERSIONED
 from kv_connector.layout import KVLayout
 
 
@@ -39,9 +42,9 @@ class PushRequest(msgspec.Struct, tag="push", frozen=True):
     consumer_endpoint: bytes  # Transport.engine_descriptor() of the consumer
     consumer_layout: KVLayout
     dst_block_ids: list[int]
+    timeout_s: float  # the consumer gives up after this; the producer never writes later
     first_block: int = 0  # producer block index of dst_block_ids[0] (consumer-side prefix hits)
-    timeout_s: float = 30.0  # the consumer gives up after this; the producer never writes later
-    tamper: str | None = None  # test hook, honoured only when the producer enables test hooks
+    protocol_version: int = UNVERSIONED  # the consumer's identity.PROTOCOL_VERSION (absent before versioning)
 
 
 class PushResult(msgspec.Struct, tag="result", frozen=True):

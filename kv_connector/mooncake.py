@@ -14,7 +14,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kv_connector.transport import BatchState, TransferError, TransferOp, Transport, TransportUnavailable
+from kv_connector.transport import (
+    DEFAULT_PROTOCOL,
+    BatchState,
+    TransferError,
+    TransferOp,
+    Transport,
+    TransportUnavailable,
+    protocol_problem,
+)
 
 logger = logging.getLogger("atom_mesh.kv_connector.mooncake")
 _MEM = struct.Struct("<QQ")
@@ -51,9 +59,10 @@ def _addresses(ops: Sequence[TransferOp]) -> tuple[list[int], list[int], list[in
 
 
 class MooncakeTransport(Transport):
-    name = "mooncake"
-
-    def __init__(self, host: str = "127.0.0.1", protocol: str = "tcp", device_name: str = "") -> None:
+    def __init__(self, host: str = "127.0.0.1", protocol: str = DEFAULT_PROTOCOL, device_name: str = "") -> None:
+        problem = protocol_problem(protocol)
+        if problem:
+            raise ValueError(problem)
         try:
             from mooncake.engine import TransferEngine
         except ImportError as e:  # pragma: no cover - depends on the install

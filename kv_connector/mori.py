@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from kv_connector.defaults import TRANSFER_TIMEOUT_S
 from kv_connector.transport import BatchState, TransferError, TransferOp, Transport, TransportUnavailable
 
 logger = logging.getLogger("atom_mesh.kv_connector.mori")
@@ -40,9 +41,9 @@ def _load_mori():  # -> module
 
 
 class MoriTransport(Transport):
-    name = "mori"
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, backend: str = "rdma", timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, backend: str = "rdma", timeout_s: float = TRANSFER_TIMEOUT_S
+    ) -> None:
         self._io, self._cpp = _load_mori()
         key = f"atom-mesh:{host}:{uuid.uuid4().hex[:12]}"
         self._engine = self._io.IOEngine(key, self._io.IOEngineConfig(host, port))
@@ -128,3 +129,9 @@ class MoriTransport(Transport):
     def read(self, peer: str, ops: Sequence[TransferOp]) -> None:
         if ops:
             self._wait(self._submit(ops, write=False))
+
+    def close(self) -> None:
+        # Forget peers and descriptors; the engine object goes with this endpoint.
+        with self._lock:
+            self._peers.clear()
+            self._mem.clear()

@@ -18,7 +18,9 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from kv_connector.holds import Hold, HoldTable
+from kv_connector.defaults import HOLD_TTL_S
+from kv_connector.holds import HeldTransfer, HoldTable
+from kv_connector.identity import version_problem
 from kv_connector.layout import KVLayout, LayoutMismatch, plan_copies
 from kv_connector.messages import Hold, Message, PushRequest, PushResult
 from kv_connector.side_channel import ReplyTo, SideChannel
@@ -32,13 +34,12 @@ _ENDED_MEMORY = 4096  # recently ended transfer ids, to refuse late requests at 
 class ProducerConfig:
     engine_id: str
     fingerprint: str
-    hold_ttl_s: float = 60.0
+    hold_ttl_s: float = HOLD_TTL_S
     # Regions (layers) per write batch; 0 = the whole transfer in one batch. Batches are
     # submitted back to back, so several are in flight at once (pipelined).
     regions_per_batch: int = 0
     max_parallel_pushes: int = 4
     write_attempts: int = 3  # a failed batch (e.g. a TCP stall on an overloaded host) is retried
-    enable_test_hooks: bool = False  # honour PushRequest.tamper (tests only)
 
 
 @dataclass
@@ -100,6 +101,11 @@ class KVProducer:
         with self._lock:
             return len(self._holds)
 
+    def num_parked(self) -> int:
+        """Push requests that arrived before their hold and wait for it."""
+        with self._lock:
+            return len(self._parked)
+
     def close(self) -> None:
         self._channel.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -110,13 +116,20 @@ class KVProducer:
         self._channel.send(to, PushResult(req.transfer_id, req.ticket, ok, error, nbytes))
 
     def _reject_reason(self, req: PushRequest) -> str | None:
+        # The version first: a consumer of another build may mean other things by every other field.
+        problem = version_problem(req.protocol_version, "consumer")
+        if problem:
+            return problem
         if req.producer_engine_id != self._cfg.engine_id:
             return (
                 f"stale transfer: this producer is engine {self._cfg.engine_id}, not {req.producer_engine_id} "
                 "(it restarted or the params are from another instance); re-run the prefill"
             )
         if req.fingerprint != self._cfg.fingerprint:
-            return f"KV fingerprint mismatch (producer {self._cfg.fingerprint}, consumer {req.fingerprint}): different model or KV format"
+            return (
+                f"KV fingerprint mismatch (producer {self._cfg.fingerprint}, consumer {req.fingerprint}): "
+                "different model or KV format"
+            )
         return None
 
     def _on_message(self, to: ReplyTo, msg: Message) -> None:
@@ -169,30 +182,20 @@ class KVProducer:
 
     # -- pushing ---------------------------------------------------------------
 
-    def _start(self, to: ReplyTo, req: PushRequest, hold: Hold, deadline: float) -> None:
+    def _start(self, to: ReplyTo, req: PushRequest, hold: HeldTransfer, deadline: float) -> None:
         self._pool.submit(self._push, to, req, hold, deadline)
 
-    def _source_order(self, req: PushRequest) -> list[int] | None:
-        n = len(self._layout.regions)
-        if req.tamper == "rotate_layers" and self._cfg.enable_test_hooks:
-            return [(i + 1) % n for i in range(n)]
-        return None
-
-    def _push(self, to: ReplyTo, req: PushRequest, hold: Hold, deadline: float) -> None:
+    def _push(self, to: ReplyTo, req: PushRequest, hold: HeldTransfer, deadline: float) -> None:
         ok, error, nbytes = False, "", 0
         started = time.perf_counter()
         try:
-            if req.tamper is not None and req.tamper.startswith("delay:") and self._cfg.enable_test_hooks:
-                time.sleep(float(req.tamper.split(":", 1)[1]))
             src = hold.block_ids[req.first_block : req.first_block + len(req.dst_block_ids)]
             if len(src) != len(req.dst_block_ids):
                 raise LayoutMismatch(
                     f"consumer asked for {len(req.dst_block_ids)} blocks from block {req.first_block}, "
                     f"but this prefill holds {len(hold.block_ids)}"
                 )
-            plan = plan_copies(
-                self._layout, src, req.consumer_layout, req.dst_block_ids, src_region_order=self._source_order(req)
-            )
+            plan = plan_copies(self._layout, src, req.consumer_layout, req.dst_block_ids)
             peer = self._transport.connect(req.consumer_endpoint)
             nbytes = self._write_with_retries(peer, plan, deadline, req.transfer_id)
             ok = True

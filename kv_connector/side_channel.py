@@ -49,7 +49,7 @@ class SideChannel:
         self._handler = handler
         self._tick = tick
         self._tick_ms = int(tick_interval_s * 1000)
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._router: zmq.Socket | None = None
         self.address: str | None = None
         if bind is not None:

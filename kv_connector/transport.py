@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,8 +61,6 @@ class BatchState(enum.Enum):
 class Transport(abc.ABC):
     """One process's endpoint. Thread-safe for concurrent batches to different peers."""
 
-    name: str = "abstract"
-
     @abc.abstractmethod
     def engine_descriptor(self) -> bytes:
         """What a peer passes to `connect` to reach this endpoint."""
@@ -90,18 +89,50 @@ class Transport(abc.ABC):
     def read(self, peer: str, ops: Sequence[TransferOp]) -> None:
         """Read a batch remote -> local and wait for it; raises TransferError."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the endpoint (registered memory stays owned by the caller)."""
 
 
-def create_transport(name: str, *, host: str = "127.0.0.1", protocol: str = "tcp", **options: object) -> Transport:
-    """Build a transport by config name ("mooncake" | "mori"); raises TransportUnavailable."""
-    if name == "mooncake":
-        from kv_connector.mooncake import MooncakeTransport
+# The transports by config name (the one registry the engine bindings' settings read),
+# each as the module and class that implement it: imported only when chosen.
+MOONCAKE = "mooncake"
+MORI = "mori"
+TRANSPORTS: dict[str, tuple[str, str]] = {
+    MOONCAKE: ("kv_connector.mooncake", "MooncakeTransport"),
+    MORI: ("kv_connector.mori", "MoriTransport"),
+}
+DEFAULT_TRANSPORT = MOONCAKE
+# Mooncake's wire protocols: "tcp" runs anywhere; "rdma" needs RDMA NICs.
+MOONCAKE_PROTOCOLS = ("tcp", "rdma")
+DEFAULT_PROTOCOL = "tcp"
 
-        return MooncakeTransport(host=host, protocol=protocol, **options)  # type: ignore[arg-type]
-    if name == "mori":
-        from kv_connector.mori import MoriTransport
 
-        return MoriTransport(host=host, **options)  # type: ignore[arg-type]
-    raise ValueError(f"unknown KV transport {name!r}; use 'mooncake' or 'mori'")
+def transport_problem(name: str) -> str | None:
+    """Why `name` is not a transport, or None."""
+    if name in TRANSPORTS:
+        return None
+    return f"unknown KV transport {name!r}; use one of {', '.join(map(repr, TRANSPORTS))}"
+
+
+def protocol_problem(protocol: str) -> str | None:
+    """Why `protocol` is not one of Mooncake's protocols, or None."""
+    if protocol in MOONCAKE_PROTOCOLS:
+        return None
+    return f"unknown Mooncake protocol {protocol!r}; use one of {', '.join(map(repr, MOONCAKE_PROTOCOLS))}"
+
+
+def create_transport(name: str, *, host: str = "127.0.0.1", protocol: str = DEFAULT_PROTOCOL, **options: object) -> Transport:
+    """Build a transport by config name (a key of `TRANSPORTS`); raises TransportUnavailable.
+
+    `protocol` is Mooncake's (other transports have none); `options` are the transport's
+    own (Mooncake: device_name; MORI: port, backend, timeout_s)."""
+    problem = transport_problem(name)
+    if problem:
+        raise ValueError(problem)
+    if name == MOONCAKE:
+        options["protocol"] = protocol
+    module_name, class_name = TRANSPORTS[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    transport: Transport = cls(host=host, **options)
+    return transport

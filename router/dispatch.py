@@ -147,9 +147,11 @@ class Dispatcher:
         base = min(r.initial_backoff_ms * r.backoff_multiplier ** (retry - 1), r.max_backoff_ms) / 1000
         return max(0.0, base * (1 + r.jitter_factor * self.rng.uniform(-1, 1)))
 
-    async def run(self, request: PreparedRequest) -> Reply:
-        """Place and send `request`, retrying while nothing reached the client.
+    async def run(self, request: PreparedRequest, plan: PlacementPlan) -> Reply:
+        """Send `request` along `plan`, retrying while nothing reached the client.
 
+        The first attempt takes the caller's plan (placement is a pipeline stage of its
+        own); each retry is placed anew, away from the workers that failed.
         Raises `ApiError` for every failure (placement, upstream, timeout), so the caller
         has exactly one error path.
         """
@@ -158,7 +160,7 @@ class Dispatcher:
         current: list[PlacementPlan] = []  # the plan of the attempt in progress
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._attempts(request, deadline, current)
+                return await self._attempts(request, plan, deadline, current)
         except TimeoutError:
             for worker in plan_workers(current[-1]) if current else ():
                 worker.breaker.record_failure(self.clock())  # a hung worker is a failing one
@@ -169,7 +171,9 @@ class Dispatcher:
                 code="timeout",
             ) from None
 
-    async def _attempts(self, request: PreparedRequest, deadline: float, current: list[PlacementPlan]) -> Reply:
+    async def _attempts(
+        self, request: PreparedRequest, first: PlacementPlan, deadline: float, current: list[PlacementPlan]
+    ) -> Reply:
         descriptor = request.descriptor
         retry_cfg = self.config.retry
         attempts = retry_cfg.max_retries + 1 if retry_cfg.enabled else 1
@@ -178,12 +182,13 @@ class Dispatcher:
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(self.backoff_secs(attempt))
-            try:
-                plan = self.place(descriptor)
-            except PlacementError as exc:
-                if last_error is not None:  # nothing else to try: the upstream error is the cause
-                    raise last_error from None
-                raise ApiError.from_typed(exc) from None
+                try:
+                    plan = self.place(descriptor)
+                except PlacementError:
+                    assert last_error is not None  # only retries re-place, after a failure
+                    raise last_error from None  # nothing else to try: the upstream error is the cause
+            else:
+                plan = first
             self._record_placement(plan)
             current.append(plan)
             guard = LoadGuard(plan_workers(plan), descriptor.estimated_tokens)

@@ -92,15 +92,6 @@ class ApiError(Exception):
         return orjson.dumps(self.payload())
 
     @classmethod
-    def from_typed(cls, err: ApiError) -> ApiError:
-        """`err` itself: every router error is an `ApiError`.
-
-        Transitional: router/app.py (admission) and router/dispatch.py (placement) still
-        wrap typed errors in this call; delete it together with those two calls.
-        """
-        return err
-
-    @classmethod
     def from_upstream(cls, status: int, body: bytes, worker_url: str) -> ApiError:
         """An engine's error answer in the router's one error shape.
 

@@ -2,7 +2,8 @@
 
 Every path a request can end by (success, upstream error, client disconnect,
 cancellation, timeout) releases through `LoadGuard.release`, which is idempotent, so
-counters always return to zero.
+counters always return to zero. Reaching zero on a worker wakes a drain waiting for it
+(`Worker.idle`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,5 @@ class LoadGuard:
         for worker in self._workers:
             worker.in_flight_requests -= 1
             worker.in_flight_tokens -= self._tokens
-
-    def __enter__(self) -> "LoadGuard":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+            if worker.in_flight_requests == 0 and worker.idle is not None:
+                worker.idle.set()

@@ -1,7 +1,7 @@
 """Prometheus metrics of the request path, in one registry owned by the app.
 
 Each app gets its own `CollectorRegistry` (tests build many apps in one process). Worker
-state, breaker state and in-flight counts come from `router.workers.lifecycle.WorkerCollector`
+state, breaker state and in-flight counts come from `router.workers.collector.WorkerCollector`
 and admission from `router.admission.AdmissionCollector`, registered into the same
 registry by the app: read at scrape time, so they cannot drift from the counters.
 """
@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0)
+_INTER_EVENT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0)
 _TOKEN_BUCKETS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 
@@ -30,18 +30,21 @@ class RouterMetrics:
         self.latency = Histogram(
             "atom_mesh_request_duration_seconds", "End-to-end latency", ["route"], buckets=_LATENCY_BUCKETS, registry=r
         )
+        # Both stream metrics count SSE events that carry choices (router.sse), not network
+        # chunks: an event usually holds one token, but may hold several (or one per choice
+        # with n > 1), hence "event", not "token", in the second name.
         self.ttft = Histogram(
             "atom_mesh_time_to_first_token_seconds",
-            "Time to the first streamed chunk",
+            "Time from the request's arrival to the first streamed output event",
             ["route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.tpot = Histogram(
-            "atom_mesh_time_per_output_token_seconds",
-            "Mean time between streamed chunks after the first",
+        self.inter_event = Histogram(
+            "atom_mesh_inter_event_latency_seconds",
+            "Mean time between a stream's output events after the first, one observation per stream",
             ["route"],
-            buckets=_TPOT_BUCKETS,
+            buckets=_INTER_EVENT_BUCKETS,
             registry=r,
         )
         self.retries = Counter("atom_mesh_retries", "Upstream attempts retried, by cause", ["route", "cause"], registry=r)

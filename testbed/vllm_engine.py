@@ -26,7 +26,7 @@ def atom_kv_transfer_config(role: str, side_channel_port: int, **extra: Any) -> 
     """`--kv-transfer-config` of our AtomKVConnector over Mooncake TCP on loopback.
 
     `role` is kv_producer or kv_consumer; `extra` adds kv_connector_extra_config keys
-    (timeouts, test hooks).
+    (timeouts). Faults are injected by wrapping the transport (tests/support/kv_faults.py).
     """
     return {
         "kv_connector": "AtomKVConnector",

@@ -13,9 +13,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kv_connector.transport import DEFAULT_PROTOCOL, DEFAULT_TRANSPORT, MOONCAKE, MOONCAKE_PROTOCOLS, TRANSPORTS
+
 BACKEND_NAME = "atom"
-TRANSPORTS = ("mooncake", "mori")
-PROTOCOLS = ("tcp", "rdma")
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,22 @@ class BackendSettings:
     def resolve(cls, ib_device: str | None, env: Mapping[str, str] | None = None) -> BackendSettings:
         """Settings from the environment and `--disaggregation-ib-device`; ValueError says what to fix."""
         env = os.environ if env is None else env
-        transport = env.get("ATOM_MESH_KV_TRANSPORT", "mooncake").strip().lower()
+        transport = env.get("ATOM_MESH_KV_TRANSPORT", DEFAULT_TRANSPORT).strip().lower()
         if transport not in TRANSPORTS:
             raise ValueError(f"ATOM_MESH_KV_TRANSPORT={transport!r} is not a transport; use one of {', '.join(TRANSPORTS)}")
-        default_protocol = "rdma" if ib_device else "tcp"
+        default_protocol = "rdma" if ib_device else DEFAULT_PROTOCOL
         protocol = env.get("ATOM_MESH_KV_PROTOCOL", default_protocol).strip().lower()
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"ATOM_MESH_KV_PROTOCOL={protocol!r} is not a protocol; use one of {', '.join(PROTOCOLS)}")
+        if protocol not in MOONCAKE_PROTOCOLS:
+            raise ValueError(
+                f"ATOM_MESH_KV_PROTOCOL={protocol!r} is not a protocol; use one of {', '.join(MOONCAKE_PROTOCOLS)}"
+            )
         return cls(transport=transport, protocol=protocol, device_name=(ib_device or "") if protocol == "rdma" else "")
+
+    def transport_options(self) -> dict[str, str]:
+        """Keyword arguments of `create_transport` besides the name and host (Mooncake's protocol and NICs)."""
+        if self.transport == MOONCAKE:
+            return {"protocol": self.protocol, "device_name": self.device_name}
+        return {}
 
 
 def bootstrap_port_problem(port: int, *, api_port: int, host: str, bindable: bool) -> str | None:

@@ -51,11 +51,7 @@ class AtomKVManager(MooncakeKVManager):
         settings = BackendSettings.resolve(get_disagg().disaggregation_ib_device)
         device, device_id = _device_kind()
         try:
-            transport = create_transport(
-                settings.transport,
-                host=self.local_ip,
-                **({"protocol": settings.protocol, "device_name": settings.device_name} if settings.transport == "mooncake" else {}),
-            )
+            transport = create_transport(settings.transport, host=self.local_ip, **settings.transport_options())
         except TransportUnavailable as e:
             raise RuntimeError(f"--disaggregation-transfer-backend atom: {e}") from e
         self.engine = KVConnectorEngine(transport, device=device, device_id=device_id)

@@ -139,9 +139,8 @@ def _check_transport(settings: BackendSettings, prefix: str) -> None:
     """Start and close one endpoint now, so a missing library fails start-up, not the first request."""
     from kv_connector.transport import TransportUnavailable, create_transport
 
-    options = {"protocol": settings.protocol, "device_name": settings.device_name} if settings.transport == "mooncake" else {}
     try:
-        create_transport(settings.transport, host="127.0.0.1", **options).close()
+        create_transport(settings.transport, host="127.0.0.1", **settings.transport_options()).close()
     except TransportUnavailable as e:
         raise ValueError(f"{prefix}: the {settings.transport} transport cannot start here: {e}") from None
 

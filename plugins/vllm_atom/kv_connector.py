@@ -54,6 +54,7 @@ class AtomKVConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: KVCacheConfig):
         super().__init__(vllm_config, role, kv_cache_config)
         ktc = vllm_config.kv_transfer_config
+        assert ktc is not None  # vLLM builds connectors only from a kv_transfer_config
         settings = AtomKVSettings.from_extra_config(dict(ktc.kv_connector_extra_config or {}))
         engine_id = str(ktc.engine_id)
         fingerprint = kv_fingerprint(vllm_config, kv_cache_config)

@@ -2,14 +2,16 @@
 
 Computed identically on the scheduler (put into kv_transfer_params) and the worker
 (sent with every push request), so a decode engine refuses KV from a producer running
-another model, dtype, block size or layer layout instead of decoding garbage.
+another model, dtype, block size or layer layout instead of decoding garbage. The core
+hashes its protocol version in too (`kv_connector.identity`), so builds that speak the
+push protocol differently never match.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING
+
+from kv_connector.identity import kv_fingerprint as hash_identity
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -29,4 +31,4 @@ def kv_fingerprint(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig) -> s
             [sorted(g.layer_names), repr(g.kv_cache_spec)] for g in kv_cache_config.kv_cache_groups
         ],
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    return hash_identity(payload)

@@ -21,7 +21,6 @@ class RecvSpec:
     producer_engine_id: str
     dst_block_ids: list[int]
     first_block: int
-    tamper: str | None = None
     error: str | None = None  # params were unusable: fail the request, do not wait
 
 

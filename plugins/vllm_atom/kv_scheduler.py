@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from vllm.v1.request import RequestStatus
 from vllm.utils.math_utils import cdiv
+from vllm.v1.request import RequestStatus
 
+from kv_connector.identity import PROTOCOL_VERSION, UNVERSIONED, version_problem
 from kv_connector.messages import Hold
 from kv_connector.side_channel import ReplyTo, SideChannel
 from vllm_atom.kv_metadata import AtomKVMetadata, RecvSpec
@@ -33,6 +34,7 @@ _REQUIRED = ("transfer_id", "remote_engine_id", "remote_host", "remote_port", "k
 
 class AtomKVScheduler:
     def __init__(self, vllm_config: VllmConfig, engine_id: str, fingerprint: str, settings: AtomKVSettings, host: str):
+        assert vllm_config.kv_transfer_config is not None  # vLLM builds connectors only from one
         role = vllm_config.kv_transfer_config.kv_role
         self.is_producer = role in ("kv_producer", "kv_both")
         self.is_consumer = role in ("kv_consumer", "kv_both")
@@ -64,6 +66,9 @@ class AtomKVScheduler:
         missing = [k for k in _REQUIRED if k not in params]
         if missing:
             return f"kv_transfer_params lack {missing}: pass the prefill response's kv_transfer_params unchanged"
+        problem = version_problem(params.get("kv_protocol_version", UNVERSIONED), "prefill engine")
+        if problem:
+            return problem
         if params["kv_fingerprint"] != self.fingerprint:
             return "the prefill engine runs another model or KV format (kv_fingerprint differs)"
         n_prompt = len(request.prompt_token_ids or ())
@@ -96,7 +101,6 @@ class AtomKVScheduler:
             producer_engine_id=str(params.get("remote_engine_id")),
             dst_block_ids=dst,
             first_block=first_block,
-            tamper=params.get("atom_test_tamper"),
             error=error,
         )
 
@@ -124,6 +128,7 @@ class AtomKVScheduler:
             "remote_num_tokens": request.num_prompt_tokens,
             "remote_block_ids": list(block_ids),
             "kv_fingerprint": self.fingerprint,
+            "kv_protocol_version": PROTOCOL_VERSION,
             "tp_size": self.tp_size,
         }
 

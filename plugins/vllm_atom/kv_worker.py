@@ -16,7 +16,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorTransfe
 
 from kv_connector.consumer import ConsumerConfig, KVConsumer
 from kv_connector.producer import KVProducer, ProducerConfig
-from kv_connector.transport import create_transport
+from kv_connector.transport import Transport, create_transport
 from vllm_atom.kv_layout import build_layout
 from vllm_atom.kv_metadata import AtomKVMetadata
 from vllm_atom.kv_settings import AtomKVSettings
@@ -48,6 +48,7 @@ class AtomKVWorker:
         settings: AtomKVSettings,
         host: str,
     ):
+        assert vllm_config.kv_transfer_config is not None  # vLLM builds connectors only from one
         role = vllm_config.kv_transfer_config.kv_role
         self._is_producer = role in ("kv_producer", "kv_both")
         self._is_consumer = role in ("kv_consumer", "kv_both")
@@ -59,7 +60,7 @@ class AtomKVWorker:
         self._tp_rank = _tp_rank()
         self.producer: KVProducer | None = None
         self.consumer: KVConsumer | None = None
-        self._transport = None
+        self._transport: Transport | None = None
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         s = self._settings
@@ -74,7 +75,6 @@ class AtomKVWorker:
                     fingerprint=self._fingerprint,
                     hold_ttl_s=s.hold_timeout_s,
                     regions_per_batch=s.regions_per_batch,
-                    enable_test_hooks=s.enable_test_hooks,
                 ),
                 bind=(self._host, s.side_channel_port + self._tp_rank),
             )
@@ -113,7 +113,6 @@ class AtomKVWorker:
                     producer_engine_id=recv.producer_engine_id,
                     dst_block_ids=recv.dst_block_ids,
                     first_block=recv.first_block,
-                    tamper=recv.tamper,
                 )
 
     def get_transfer_results(self) -> KVConnectorTransferResults:

@@ -64,8 +64,6 @@ class Adapter(abc.ABC):
     """Speaks one engine family's protocol over the router's shared HTTP session."""
 
     name: ClassVar[str]
-    # True: plans are `Pair`s (prefill + decode); False: `Single` co-located workers.
-    disaggregated: ClassVar[bool] = True
     # True: the protocol's decode workers also serve a plain request on their own
     # (prefilling locally), so the planner may send a `Single` to a decode worker.
     # False: decode needs a prefill leg every time and P/D pools always pair.
@@ -79,6 +77,7 @@ class Adapter(abc.ABC):
 
         Raise to report the worker as unusable; the message should say what to fix.
         """
+        return None
 
     @abc.abstractmethod
     async def send(self, plan: PlacementPlan, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:

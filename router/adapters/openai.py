@@ -11,7 +11,6 @@ from router.prepare import PreparedRequest
 
 class OpenAIAdapter(Adapter):
     name = "openai"
-    disaggregated = False
 
     async def send(self, plan: PlacementPlan, request: PreparedRequest, headers: Mapping[str, str]) -> Upstream:
         return await self.send_whole(expect_single(plan), request, headers)

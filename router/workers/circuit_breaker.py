@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from router.config import CircuitBreakerConfig
 
 
-class BreakerState(str, enum.Enum):
+class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

@@ -26,7 +26,7 @@ from router.workers.worker import Worker
 logger = logging.getLogger("atom_mesh.health")
 
 
-class HealthVerdict(str, enum.Enum):
+class HealthVerdict(enum.StrEnum):
     """A change of health that a probe result caused (no verdict: nothing changed)."""
 
     BECAME_HEALTHY = "became_healthy"
@@ -80,7 +80,7 @@ async def probe(session: aiohttp.ClientSession, url: str, endpoint: str, timeout
             if 200 <= resp.status < 300:
                 return ""
             return f"GET {target} answered {resp.status}"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return f"GET {target} timed out after {timeout_secs:g}s"
     except aiohttp.ClientError as exc:
         return f"GET {target} failed: {exc.__class__.__name__}: {exc}"
@@ -125,7 +125,10 @@ class HealthChecker:
         results = await asyncio.gather(
             *(probe(self._session, w.url, self._config.endpoint, self._config.timeout_secs) for w in workers)
         )
-        for worker, reason in zip(workers, results):
+        still_checked = set(self._workers_to_check())  # removed meanwhile: no tracker revived for it
+        for worker, reason in zip(workers, results, strict=True):
+            if worker not in still_checked:
+                continue
             verdict = self.tracker(worker).observe(not reason)
             if reason:
                 logger.debug("health probe failed", extra={"worker": worker.worker_id, "reason": reason})

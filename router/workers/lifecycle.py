@@ -1,16 +1,19 @@
 """Worker lifecycle: registration, readiness, health verdicts, drain and removal.
 
-States (`WorkerState`) move only through `next_state` (a pure table, unit-tested):
-
-    pending --ready--> ready <--unhealthy/healthy--> not_ready
-    pending --startup_failed--> failed
-    any --drain--> draining --(in-flight reaches 0)--> removed from the registry
+`WorkerManager` owns every state change; the states and the events that move them are a
+pure table in `router.workers.transitions`, the scrape-time metrics are
+`router.workers.collector.WorkerCollector`.
 
 A worker that is draining takes no new requests (`Worker.accepts_new_requests` is only
 true when ready) while its in-flight requests finish; it leaves the registry when its
 in-flight count reaches zero (or after `request_timeout_secs`, the longest a request may
-legitimately run). A failed worker stays listed, with `last_error`, until an operator
-deletes it, so a typo'd URL is visible rather than silently dropped.
+legitimately run). The drain sleeps until `LoadGuard.release` wakes it at zero, so an
+idle router does no work for a worker that drains for minutes. A failed worker stays
+listed, with `last_error`, until an operator deletes it, so a typo'd URL is visible
+rather than silently dropped.
+
+Every deadline here (bring-up, drain) is read from the manager's `clock`, the same clock
+placement and the breakers use.
 
 Wiring (router/app.py):
 - At app start: `manager = WorkerManager(config, registry, session=<dispatch's
@@ -29,61 +32,25 @@ Wiring (router/app.py):
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import aiohttp
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from router.config import RouterConfig, WorkerSpec
 from router.errors import WorkerConflictError, WorkerNotFoundError
-from router.workers.circuit_breaker import BreakerState, CircuitBreaker
+from router.workers.circuit_breaker import CircuitBreaker
 from router.workers.health import HealthChecker, HealthVerdict, probe
+from router.workers.model_list import ModelListUnavailable, fetch_model_list
 from router.workers.registry import WorkerRegistry
 from router.workers.specs import validate_spec
+from router.workers.transitions import LifecycleEvent, next_state
 from router.workers.worker import Role, Worker, WorkerState
 
 logger = logging.getLogger("atom_mesh.lifecycle")
 
 RegistrationHook = Callable[[Worker, aiohttp.ClientSession], Awaitable[None]]
-
-
-class LifecycleEvent(str, enum.Enum):
-    READY = "ready"  # start-up probe passed and registration steps succeeded
-    STARTUP_FAILED = "startup_failed"
-    HEALTHY = "healthy"  # health thresholds say: back in service
-    UNHEALTHY = "unhealthy"
-    DRAIN = "drain"
-
-
-class InvalidTransition(Exception):
-    """An event that makes no sense in the worker's current state (a bug in the caller)."""
-
-
-_S, _E = WorkerState, LifecycleEvent
-_TABLE: dict[tuple[WorkerState, LifecycleEvent], WorkerState] = {
-    (_S.PENDING, _E.READY): _S.READY,
-    (_S.PENDING, _E.STARTUP_FAILED): _S.FAILED,
-    (_S.READY, _E.UNHEALTHY): _S.NOT_READY,
-    (_S.READY, _E.HEALTHY): _S.READY,
-    (_S.NOT_READY, _E.HEALTHY): _S.READY,
-    (_S.NOT_READY, _E.UNHEALTHY): _S.NOT_READY,
-    # Draining is one-way: health verdicts that race with a drain change nothing.
-    (_S.DRAINING, _E.HEALTHY): _S.DRAINING,
-    (_S.DRAINING, _E.UNHEALTHY): _S.DRAINING,
-    (_S.DRAINING, _E.DRAIN): _S.DRAINING,
-    **{(s, _E.DRAIN): _S.DRAINING for s in (_S.PENDING, _S.READY, _S.NOT_READY, _S.FAILED)},
-}
-
-
-def next_state(state: WorkerState, event: LifecycleEvent) -> WorkerState:
-    """The state after `event`; raises `InvalidTransition` for impossible pairs."""
-    try:
-        return _TABLE[(state, event)]
-    except KeyError:
-        raise InvalidTransition(f"event {event.value!r} is not valid for a worker in state {state.value!r}") from None
 
 
 class WorkerManager:
@@ -96,14 +63,12 @@ class WorkerManager:
         *,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
-        drain_poll_secs: float = 0.05,
     ) -> None:
         self.config = config
         self.registry = registry
         self.clock = clock
         self._session = session
         self._owns_session = session is None
-        self._drain_poll_secs = drain_poll_secs
         self._hooks: list[tuple[frozenset[Role] | None, RegistrationHook]] = []
         self._bring_up: dict[str, asyncio.Task[None]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
@@ -117,12 +82,6 @@ class WorkerManager:
         if self._session is None:
             raise RuntimeError("WorkerManager.start() has not run yet")
         return self._session
-
-    @property
-    def health(self) -> HealthChecker:
-        if self._health is None:
-            raise RuntimeError("WorkerManager.start() has not run yet")
-        return self._health
 
     def add_registration_hook(self, hook: RegistrationHook, roles: Collection[Role] | None = None) -> None:
         """Run `hook(worker, session)` during registration of workers of `roles` (None: all).
@@ -178,9 +137,10 @@ class WorkerManager:
         except ValueError as exc:
             raise WorkerConflictError(f"{exc}; DELETE it first to re-register") from None
         logger.info("worker registered", extra={"worker": worker.worker_id, "url": worker.url, "role": role.value})
-        task = asyncio.create_task(self._bring_up_worker(worker), name=f"bring-up-{worker.worker_id}")
-        self._bring_up[worker.worker_id] = task
-        task.add_done_callback(lambda _t, wid=worker.worker_id: self._bring_up.pop(wid, None))
+        worker_id = worker.worker_id
+        task = asyncio.create_task(self._bring_up_worker(worker), name=f"bring-up-{worker_id}")
+        self._bring_up[worker_id] = task
+        task.add_done_callback(lambda _t: self._bring_up.pop(worker_id, None))
         if wait:
             await asyncio.wait({task})  # returns (never raises) if a drain/removal cancels the bring-up
         return worker
@@ -258,13 +218,13 @@ class WorkerManager:
 
     async def _bring_up_worker(self, worker: Worker) -> None:
         cfg = self.config
-        deadline = time.monotonic() + cfg.worker_startup_timeout_secs
+        deadline = self.clock() + cfg.worker_startup_timeout_secs
         while True:
             reason = await probe(self.session, worker.url, cfg.health.endpoint, cfg.health.timeout_secs)
             if not reason:
                 break
             worker.last_error = reason
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 self._fail(
                     worker,
@@ -295,25 +255,33 @@ class WorkerManager:
 
     async def _discover_models(self, worker: Worker) -> None:
         """Learn the served models from `GET /v1/models`; engines without it match any model."""
-        timeout = aiohttp.ClientTimeout(total=self.config.health.timeout_secs)
         try:
-            async with self.session.get(worker.url + "/v1/models", timeout=timeout) as resp:
-                if resp.status != 200:
-                    logger.info("no model list", extra={"worker": worker.worker_id, "status": resp.status})
-                    return
-                body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            logger.info("no model list", extra={"worker": worker.worker_id, "reason": repr(exc)})
+            entries = await fetch_model_list(self.session, worker.url, self.config.health.timeout_secs)
+        except ModelListUnavailable as exc:
+            logger.info("no model list", extra={"worker": worker.worker_id, "reason": str(exc)})
             return
-        data = body.get("data") if isinstance(body, dict) else None
-        ids = {m["id"] for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)}
+        ids = {m["id"] for m in entries}
         if ids:
             worker.models = frozenset(ids) | worker.models
 
     async def _finish_drain(self, worker: Worker) -> None:
-        deadline = time.monotonic() + self.config.request_timeout_secs
-        while worker.in_flight_requests > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(self._drain_poll_secs)
+        """Remove the worker once its last in-flight request ends, or at the deadline.
+
+        `LoadGuard.release` sets `worker.idle` when the count reaches 0; nothing wakes this
+        task before that (a draining worker gets no new requests, so the count only falls).
+        """
+        deadline = self.clock() + self.config.request_timeout_secs
+        idle = worker.idle = asyncio.Event()
+        try:
+            while worker.in_flight_requests > 0 and (remaining := deadline - self.clock()) > 0:
+                idle.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await idle.wait()
+                except TimeoutError:
+                    pass  # the loop re-reads the clock: the deadline is the manager's, not the loop's
+        finally:
+            worker.idle = None
         if worker.in_flight_requests > 0:
             logger.warning(
                 "drain deadline passed with requests in flight; removing anyway",
@@ -323,35 +291,3 @@ class WorkerManager:
         if self.registry.get(worker.worker_id) is worker:
             self.registry.remove(worker.worker_id)
             logger.info("worker drained and removed", extra={"worker": worker.worker_id, "url": worker.url})
-
-
-class WorkerCollector:
-    """Prometheus collector: each worker's lifecycle state, breaker state, in-flight load
-    and failed health-probe streak, read from the registry at scrape time (no bookkeeping
-    that could drift). States are one-hot gauges so dashboards can sum by state.
-
-    Wiring: `prometheus_registry.register(WorkerCollector(manager))` once at app start.
-    """
-
-    def __init__(self, manager: WorkerManager) -> None:
-        self._manager = manager
-
-    def collect(self) -> Iterator[Metric]:
-        labels = ["worker_id", "url", "role"]
-        state = GaugeMetricFamily("atom_mesh_worker_state", "1 for the worker's lifecycle state.", labels=[*labels, "state"])
-        breaker = GaugeMetricFamily(
-            "atom_mesh_worker_breaker_state", "1 for the worker's circuit-breaker state.", labels=[*labels, "state"]
-        )
-        in_flight = GaugeMetricFamily("atom_mesh_worker_in_flight_requests", "Requests in flight.", labels=labels)
-        probes = GaugeMetricFamily(
-            "atom_mesh_worker_health_consecutive_failures", "Failed health probes in a row.", labels=labels
-        )
-        for w in self._manager.registry:
-            ids = [w.worker_id, w.url, w.role.value]
-            for s in WorkerState:
-                state.add_metric([*ids, s.value], float(w.state is s))
-            for b in BreakerState:
-                breaker.add_metric([*ids, b.value], float(w.breaker.state is b))
-            in_flight.add_metric(ids, w.in_flight_requests)
-            probes.add_metric(ids, self._manager.health_counts(w)[0])
-        yield from (state, breaker, in_flight, probes)

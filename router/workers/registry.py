@@ -40,9 +40,6 @@ class WorkerRegistry:
                 return worker
         return None
 
-    def by_role(self, role: Role) -> list[Worker]:
-        return [w for w in self._workers.values() if w.role is role]
-
     def on_removed(self, listener: Callable[[Worker], None]) -> None:
         self._removal_listeners.append(listener)
 

@@ -6,6 +6,7 @@ without I/O, so they can be unit-tested by building workers directly.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 from router.workers.circuit_breaker import CircuitBreaker
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     """What a worker does in a plan: serve whole requests, or one P/D leg."""
 
     REGULAR = "regular"
@@ -22,7 +23,7 @@ class Role(str, enum.Enum):
     DECODE = "decode"
 
 
-class WorkerState(str, enum.Enum):
+class WorkerState(enum.StrEnum):
     """Lifecycle: pending -> ready <-> not_ready; draining -> removed; failed."""
 
     PENDING = "pending"
@@ -56,6 +57,9 @@ class Worker:
     in_flight_tokens: int = 0
     # Why the worker is failed / not ready, for operators (GET /workers shows it).
     last_error: str = ""
+    # Set while a drain waits for the last in-flight request; `LoadGuard.release` sets the
+    # event when `in_flight_requests` reaches 0, so the drain needs no polling.
+    idle: asyncio.Event | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")

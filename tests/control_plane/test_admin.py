@@ -24,7 +24,7 @@ async def admin(session):
         worker_startup_timeout_secs=0.3,
         worker_startup_check_interval=0.05,
     )
-    manager = WorkerManager(cfg, WorkerRegistry(), session=session, drain_poll_secs=0.01)
+    manager = WorkerManager(cfg, WorkerRegistry(), session=session)
     await manager.start()
     app = Starlette(routes=admin_routes(manager, error_response))
     app.add_middleware(AuthMiddleware, authenticator=Authenticator("inf", "adm"), render_error=error_response)

@@ -6,7 +6,8 @@ from router.admission import AdmissionCollector, AdmissionController
 from router.config import AdmissionConfig, RouterConfig
 from router.errors import QueueFull
 from router.load_guard import LoadGuard
-from router.workers.lifecycle import WorkerCollector, WorkerManager
+from router.workers.collector import WorkerCollector
+from router.workers.lifecycle import WorkerManager
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Worker, WorkerState
 

@@ -66,3 +66,19 @@ async def test_checker_round_applies_thresholds(endpoint, session):
     await checker.check_once()
     assert verdicts[-1][1] is HealthVerdict.BECAME_HEALTHY
     assert endpoint.health_hits == 3
+
+
+
+async def test_a_worker_removed_while_its_probe_is_in_flight_gets_no_verdict(endpoint, session):
+    worker = Worker(url=endpoint.url)
+    rounds = iter([[worker]])  # listed when the round starts, gone (removed) when it ends
+
+    def workers_to_check():
+        return next(rounds, [])
+
+    verdicts = []
+    config = HealthCheckConfig(failure_threshold=1, success_threshold=1, timeout_secs=2, interval_secs=3600)
+    checker = HealthChecker(config, session, workers_to_check, lambda w, v, r: verdicts.append(v))
+    endpoint.health_status = 500
+    await checker.check_once()
+    assert endpoint.health_hits == 1 and verdicts == []  # probed, but its outcome counts for nothing

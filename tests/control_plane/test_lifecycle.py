@@ -1,18 +1,30 @@
 """Worker lifecycle: the pure state table and the manager over real HTTP endpoints."""
 
 import asyncio
+import itertools
+from collections.abc import Callable
 
 import pytest
 
 from router.config import CircuitBreakerConfig, HealthCheckConfig, RouterConfig, WorkerSpec
 from router.errors import WorkerConflictError, WorkerNotFoundError, WorkerRequestError
 from router.load_guard import LoadGuard
-from router.workers.lifecycle import InvalidTransition, WorkerManager, next_state
-from router.workers.lifecycle import LifecycleEvent as E
+from router.workers.lifecycle import WorkerManager
 from router.workers.registry import WorkerRegistry
-from router.workers.worker import Role
+from router.workers.transitions import InvalidTransition, next_state
+from router.workers.transitions import LifecycleEvent as E
+from router.workers.worker import Role, Worker
 from router.workers.worker import WorkerState as S
 from testbed.ports import free_port
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait until `condition()` holds, checking every few milliseconds; fail after 10 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize(
@@ -59,8 +71,8 @@ def _config(**kw) -> RouterConfig:
 async def manager(session):
     managers = []
 
-    async def make(config=None):
-        m = WorkerManager(config or _config(), WorkerRegistry(), session=session, drain_poll_secs=0.01)
+    async def make(config=None, **kwargs):
+        m = WorkerManager(config or _config(), WorkerRegistry(), session=session, **kwargs)
         await m.start()
         managers.append(m)
         return m
@@ -116,17 +128,11 @@ async def test_pending_until_ready_then_ready(endpoint, manager):
     m = await manager()
     w = await m.add(WorkerSpec(url=endpoint.url))
     assert w.state is S.PENDING and not w.accepts_new_requests(m.clock())
-    for _ in range(200):  # bounded: the worker is probed every 0.05 s
-        if endpoint.health_hits >= 2:
-            break
-        await asyncio.sleep(0.02)
+    await _until(lambda: endpoint.health_hits >= 2, "two start-up probes")
     assert w.state is S.PENDING and "503" in w.last_error
     endpoint.health_status = 200
-    for _ in range(200):
-        if w.state is S.READY:
-            break
-        await asyncio.sleep(0.02)
-    assert w.state is S.READY and w.last_error == ""
+    await _until(lambda: w.state is S.READY, "the worker to turn ready")
+    assert w.last_error == ""
 
 
 async def test_startup_timeout_fails_the_worker(manager):
@@ -135,6 +141,15 @@ async def test_startup_timeout_fails_the_worker(manager):
     assert w.state is S.FAILED
     assert "--worker-startup-timeout-secs" in w.last_error
     assert m.registry.get(w.worker_id) is w  # stays listed until an operator removes it
+
+
+async def test_startup_deadline_is_read_from_the_managers_clock(endpoint, manager):
+    endpoint.health_status = 503
+    ticks = itertools.count(0, 1000)  # every reading of the clock is 1000 s later
+    m = await manager(_config(worker_startup_timeout_secs=30), clock=lambda: float(next(ticks)))
+    w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
+    assert w.state is S.FAILED and "not ready after 30s" in w.last_error
+    assert endpoint.health_hits == 1  # failed on the first probe, not after 30 real seconds
 
 
 async def test_failing_hook_fails_the_worker(endpoint, manager):
@@ -169,25 +184,24 @@ async def test_add_refuses_a_bad_spec_before_registering(manager):
 async def test_configured_workers_register_at_start(endpoint, manager):
     m = await manager(_config(workers=[WorkerSpec(url=endpoint.url)]))
     (w,) = list(m.registry)
-    for _ in range(200):
-        if w.state is S.READY:
-            break
-        await asyncio.sleep(0.02)
-    assert w.state is S.READY
+    await _until(lambda: w.state is S.READY, "the configured worker to turn ready")
 
 
 async def test_health_verdicts_move_ready_and_not_ready(endpoint, manager):
-    m = await manager()
+    cfg = _config()
+    cfg.health.interval_secs = 0.02  # the manager's own health loop decides
+    m = await manager(cfg)
     w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
     endpoint.health_status = 500
-    await m.health.check_once()
-    assert w.state is S.READY  # one failure is below the threshold of 2
-    await m.health.check_once()
-    assert w.state is S.NOT_READY and not w.accepts_new_requests(m.clock()) and "500" in w.last_error
-    assert m.health_counts(w) == (2, 0)
+    await _until(lambda: m.health_counts(w)[0] >= 1, "a failed probe")
+    if m.health_counts(w)[0] == 1:
+        assert w.state is S.READY  # one failure is below the threshold of 2
+    await _until(lambda: w.state is S.NOT_READY, "the threshold to take the worker out")
+    assert not w.accepts_new_requests(m.clock()) and "500" in w.last_error
+    assert m.health_counts(w)[0] >= 2 and m.health_counts(w)[1] == 0
     endpoint.health_status = 200
-    await m.health.check_once()
-    assert w.state is S.READY and w.last_error == ""
+    await _until(lambda: w.state is S.READY, "one good probe (threshold 1) to bring it back")
+    assert w.last_error == ""
 
 
 async def test_health_loop_runs_on_its_own(endpoint, manager):
@@ -196,14 +210,10 @@ async def test_health_loop_runs_on_its_own(endpoint, manager):
     m = await manager(cfg)
     w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
     endpoint.health_status = 503
-    for _ in range(500):
-        if w.state is S.NOT_READY:
-            break
-        await asyncio.sleep(0.02)
-    assert w.state is S.NOT_READY
+    await _until(lambda: w.state is S.NOT_READY, "the health loop to take the worker out")
 
 
-async def test_drain_waits_for_in_flight_requests(endpoint, manager):
+async def test_drain_waits_for_in_flight_requests(endpoint, manager, session):
     m = await manager()
     removed = []
     m.registry.on_removed(removed.append)
@@ -211,19 +221,32 @@ async def test_drain_waits_for_in_flight_requests(endpoint, manager):
     guards = [LoadGuard([w], tokens=10), LoadGuard([w], tokens=5)]
     await m.drain(w.worker_id)
     assert w.state is S.DRAINING and not w.accepts_new_requests(m.clock())
-    await asyncio.sleep(0.05)
+    await _until(lambda: w.idle is not None, "the drain to wait for the worker's requests")
     assert m.registry.get(w.worker_id) is w  # still listed: two requests in flight
-    endpoint.health_status = 200
-    await m.health.check_once()
-    assert w.state is S.DRAINING  # health never revives a draining worker
-    assert list(m._checked_workers()) == []
+    async with session.get(endpoint.url + "/health"):  # a real round trip: the drain had its turns
+        pass
+    assert w.state is S.DRAINING and m.registry.get(w.worker_id) is w
     guards[0].release()
-    await asyncio.sleep(0.05)
+    assert not w.idle.is_set()  # one request left: nothing wakes the drain
+    async with session.get(endpoint.url + "/health"):
+        pass
     assert m.registry.get(w.worker_id) is w
     guards[1].release()
     await m.drain(w.worker_id, wait=True)  # idempotent; waits for the same drain
     assert m.registry.get(w.worker_id) is None and removed == [w]
-    assert (w.in_flight_requests, w.in_flight_tokens) == (0, 0)
+    assert (w.in_flight_requests, w.in_flight_tokens) == (0, 0) and w.idle is None
+
+
+def test_load_guard_signals_idle_only_when_the_last_request_ends():
+    a, b = Worker(url="http://a:1"), Worker(url="http://b:1")
+    a.idle = asyncio.Event()
+    first, second = LoadGuard([a, b], tokens=3), LoadGuard([a])
+    first.release()
+    assert not a.idle.is_set() and a.in_flight_requests == 1
+    first.release()  # idempotent: releasing twice neither counts twice nor signals
+    assert not a.idle.is_set() and a.in_flight_requests == 1
+    second.release()
+    assert a.idle.is_set() and (a.in_flight_requests, a.in_flight_tokens, b.in_flight_requests) == (0, 0, 0)
 
 
 async def test_drain_of_idle_or_pending_worker_removes_it(endpoint, manager):
@@ -244,12 +267,29 @@ async def test_drain_deadline_removes_a_stuck_worker(endpoint, manager):
     assert w.in_flight_requests == 0
 
 
+async def test_drain_deadline_is_read_from_the_managers_clock(endpoint, manager):
+    readings = itertools.count()
+    start = [0.0]
+
+    def clock() -> float:  # stands still until the drain starts, then runs 10000 s per reading
+        return start[0] + 10_000 * next(readings) if start[0] else 0.0
+
+    m = await manager(_config(request_timeout_secs=3600), clock=clock)
+    w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
+    guard = LoadGuard([w])
+    start[0] = 1.0
+    await m.drain(w.worker_id, wait=True)  # an hour of the manager's time, no real wait
+    assert m.registry.get(w.worker_id) is None and w.in_flight_requests == 1
+    guard.release()
+
+
 async def test_remove_is_immediate_and_forgets_health(endpoint, manager):
-    m = await manager()
+    cfg = _config()
+    cfg.health.interval_secs = 0.02
+    m = await manager(cfg)
     w = await m.add(WorkerSpec(url=endpoint.url), wait=True)
     endpoint.health_status = 500
-    await m.health.check_once()
-    assert m.health_counts(w) == (1, 0)
+    await _until(lambda: m.health_counts(w)[0] >= 1, "a failed probe")
     guard = LoadGuard([w])
     assert m.remove(w.worker_id) is w and len(m.registry) == 0
     guard.release()  # in-flight request on a removed worker still releases cleanly
@@ -260,10 +300,7 @@ async def test_waiting_add_returns_when_the_worker_is_removed_during_start_up(en
     endpoint.health_status = 503
     m = await manager()
     adding = asyncio.create_task(m.add(WorkerSpec(url=endpoint.url), wait=True))
-    for _ in range(200):
-        if len(m.registry):
-            break
-        await asyncio.sleep(0.01)
+    await _until(lambda: len(m.registry) > 0, "the worker to be registered")
     (w,) = list(m.registry)
     m.remove(w.worker_id)
     assert await adding is w and w.state is S.PENDING  # no exception leaks into the admin handler

@@ -1,4 +1,4 @@
-"""Hold/receive bookkeeping with an explicit clock, and the handshake wire format."""
+"""Hold/receive bookkeeping with an explicit clock, the handshake wire format and protocol versioning."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from kv_connector.holds import HoldTable, ReceiveTracker
+from kv_connector.identity import PROTOCOL_VERSION, UNVERSIONED, kv_fingerprint, version_problem
 from kv_connector.layout import KVLayout, Region
 from kv_connector.messages import PushRequest, PushResult, decode, encode
 
@@ -64,10 +65,53 @@ def test_messages_round_trip_and_garbage_is_rejected():
         consumer_endpoint=b"127.0.0.1:1",
         consumer_layout=layout,
         dst_block_ids=[3, 4],
+        timeout_s=30.0,
         first_block=1,
+        protocol_version=PROTOCOL_VERSION,
     )
     assert decode(encode(req)) == req
     res = PushResult("e/1", "t", ok=False, error="nope")
     assert decode(encode(res)) == res
     with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
         decode(b"\x93garbage")
+
+
+def test_a_request_without_a_version_comes_from_an_unversioned_build():
+    """Builds before versioning sent no version field: they decode as UNVERSIONED and are refused."""
+    layout = KVLayout(regions=(Region(0, 0, 64, 64, 8),), memory=(b"\x01",))
+    old = {
+        "type": "push",
+        "transfer_id": "e/1",
+        "ticket": "t",
+        "producer_engine_id": "e",
+        "consumer_engine_id": "d",
+        "fingerprint": "f",
+        "consumer_endpoint": b"127.0.0.1:1",
+        "consumer_layout": msgspec.to_builtins(layout, builtin_types=(bytes,)),
+        "dst_block_ids": [3],
+        "timeout_s": 30.0,
+        "tamper": None,  # fields an old build sent and this one no longer knows are ignored
+    }
+    req = decode(msgspec.msgpack.encode(old))
+    assert isinstance(req, PushRequest) and req.protocol_version == UNVERSIONED
+    assert version_problem(req.protocol_version, "consumer") is not None
+
+
+def test_version_problem_names_both_versions_and_the_fix():
+    assert version_problem(PROTOCOL_VERSION, "prefill engine") is None
+    problem = version_problem(PROTOCOL_VERSION + 1, "prefill engine")
+    assert problem is not None
+    assert f"prefill engine speaks version {PROTOCOL_VERSION + 1}, this engine {PROTOCOL_VERSION}" in problem
+    assert "same atom-mesh release" in problem
+
+
+def test_fingerprint_changes_with_the_protocol_version(monkeypatch):
+    """A peer that only compares fingerprints still refuses another protocol version."""
+    import kv_connector.identity as identity
+
+    same_kv = {"model": "m", "dtype": "float32", "block_size": 128}
+    now = kv_fingerprint(same_kv)
+    assert kv_fingerprint(dict(reversed(same_kv.items()))) == now  # key order does not matter
+    assert kv_fingerprint({**same_kv, "block_size": 16}) != now
+    monkeypatch.setattr(identity, "PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
+    assert kv_fingerprint(same_kv) != now

@@ -35,12 +35,6 @@ def test_padded_pages_are_copied_one_by_one():
     assert _triples(plan)[0] == [(0, 0, PAGE), (2 * PAGE, PAGE, PAGE)]
 
 
-def test_region_order_permutes_sources():
-    src, dst = _layout(b"S"), _layout(b"D")
-    plan = plan_copies(src, [0], dst, [0], src_region_order=[1, 0])
-    assert _triples(plan) == [[(8 * PAGE, 0, PAGE)], [(0, 8 * PAGE, PAGE)]]
-
-
 @pytest.mark.parametrize(
     ("dst", "src_blocks", "dst_blocks", "match"),
     [

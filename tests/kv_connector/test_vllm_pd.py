@@ -3,7 +3,11 @@
 One P/D pair serves the whole module (engines are expensive on 2 cores). The reference
 output is the producer engine answering the same prompt on its own (a request without
 kv_transfer_params never touches the connector): decode must produce the same greedy
-token ids and logprobs from the pushed KV. The last test kills the producer.
+token ids and logprobs from the pushed KV. Faults are injected by the test-only transport
+wrapper (tests/support/kv_faults.py) in the producers' processes, steered by flag files:
+the tamper test rotates one push across layers, the kill test stalls a push on a
+producer of its own (started with the pair) and kills that producer mid-transfer, so
+the tests run in any order.
 """
 
 from __future__ import annotations
@@ -12,13 +16,18 @@ import asyncio
 import os
 import random
 import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
 
+from kv_connector.identity import PROTOCOL_VERSION
 from testbed.ports import free_port
+from testbed.processes import ManagedProcess
 from testbed.router_process import start_router
 from testbed.vllm_engine import atom_kv_transfer_config, start_vllm
+from tests.support.kv_faults import KVFaults
 from tests.support.pd_client import complete, pd_legs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -30,22 +39,45 @@ TRANSFER_TIMEOUT_S = 90  # generous: the shared 2-core CI machine stalls transfe
 
 
 def _connector(role: str, port: int) -> dict:
-    return atom_kv_transfer_config(
-        role, port, transfer_timeout_s=TRANSFER_TIMEOUT_S, hold_timeout_s=240, enable_test_hooks=True
-    )
+    return atom_kv_transfer_config(role, port, transfer_timeout_s=TRANSFER_TIMEOUT_S, hold_timeout_s=240)
+
+
+def start_producer(model_dir, faults: KVFaults, name: str, extra_args: Sequence[str] = ()) -> ManagedProcess:
+    """A kv_producer engine whose KV pushes go through the fault wrapper (not ready yet)."""
+    config = _connector("kv_producer", free_port())
+    return start_vllm(model_dir, kv_transfer_config=config, extra_args=extra_args, env=faults.engine_env(), wait=False, name=name)
+
+
+@dataclass(frozen=True)
+class Engines:
+    p: ManagedProcess
+    d: ManagedProcess
+    p_faults: KVFaults
+    doomed: ManagedProcess  # a second producer, for the test that kills one
+    doomed_faults: KVFaults
 
 
 @pytest.fixture(scope="module")
-def pd_pair(tiny_llama):
-    p = start_vllm(tiny_llama, kv_transfer_config=_connector("kv_producer", free_port()), wait=False, name="atomkv-p")
-    d = start_vllm(tiny_llama, kv_transfer_config=_connector("kv_consumer", free_port()), wait=False, name="atomkv-d")
+def engines(tiny_llama, tmp_path_factory):
+    """Started together (their start-ups overlap); the doomed producer only ever serves the kill test."""
+    p_faults, doomed_faults = KVFaults(tmp_path_factory.mktemp("p-faults")), KVFaults(tmp_path_factory.mktemp("doomed-faults"))
+    procs = []
     try:
-        p.wait_http_ready("/health", timeout=900)
-        d.wait_http_ready("/health", timeout=900)
-        yield p, d
+        procs.append(start_producer(tiny_llama, p_faults, "atomkv-p"))
+        consumer_config = _connector("kv_consumer", free_port())
+        procs.append(start_vllm(tiny_llama, kv_transfer_config=consumer_config, wait=False, name="atomkv-d"))
+        procs.append(start_producer(tiny_llama, doomed_faults, "atomkv-p-doomed"))
+        for proc in procs:
+            proc.wait_http_ready("/health", timeout=900)
+        yield Engines(procs[0], procs[1], p_faults, procs[2], doomed_faults)
     finally:
-        p.stop()
-        d.stop()
+        for proc in procs:
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pd_pair(engines):
+    return engines.p, engines.d
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +100,15 @@ def _prompt(length: int, seed: int) -> list[int]:
 
 
 def _body(model: str, prompt: list[int], stream: bool) -> dict:
-    body = {"model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "logprobs": 1, "return_token_ids": True, "stream": stream}
-    return body
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "logprobs": 1,
+        "return_token_ids": True,
+        "stream": stream,
+    }
 
 
 async def _reference(session, p_url: str, body: dict):
@@ -91,15 +130,17 @@ async def test_router_pd_output_equals_colocated(pd_pair, router, tiny_llama, st
             assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-4)
 
 
-async def test_tampered_kv_changes_the_output(pd_pair, tiny_llama):
-    """The producer pushes layer i's pages into layer i+1: decode must notice (it really reads the KV)."""
-    p, d = pd_pair
+async def test_tampered_kv_changes_the_output(engines, tiny_llama):
+    """One push lands layer i+1's pages in layer i: decode must notice (it really reads the KV)."""
+    p, d = engines.p, engines.d
     async with aiohttp.ClientSession() as s:
         body = _body(str(tiny_llama), _prompt(200, seed=99), stream=False)
         ref = await _reference(s, p.url, body)
         honest = await pd_legs(s, p.url, d.url, body)
-        tampered = await pd_legs(s, p.url, d.url, body, extra_params={"atom_test_tamper": "rotate_layers"})
+        engines.p_faults.rotate_next_push()
+        tampered = await pd_legs(s, p.url, d.url, body)
     assert honest.token_ids == ref.token_ids
+    assert not engines.p_faults.rotation_pending(), "the producer's push never went through the fault wrapper"
     assert tampered.status == 200 and tampered.token_ids != ref.token_ids
 
 
@@ -117,8 +158,10 @@ async def test_32_concurrent_mixed_requests(pd_pair, router, tiny_llama):
             key = tuple(prompt)
             if key not in refs:
                 refs[key] = await _reference(s, p.url, _body(str(tiny_llama), prompt, False))
-        results = await asyncio.gather(*(complete(s, router.url, _body(str(tiny_llama), prompt, stream)) for prompt, stream in cases))
-    for (prompt, stream), got in zip(cases, results):
+        results = await asyncio.gather(
+            *(complete(s, router.url, _body(str(tiny_llama), prompt, stream)) for prompt, stream in cases)
+        )
+    for (prompt, stream), got in zip(cases, results, strict=True):
         assert got.status == 200 and got.error is None, got
         assert got.token_ids == refs[tuple(prompt)].token_ids, f"{len(prompt)} tokens, stream={stream}"
 
@@ -131,19 +174,22 @@ async def test_unusable_params_fail_cleanly_and_decode_keeps_serving(pd_pair, ti
         assert wrong_model.status >= 500 and "error" in wrong_model.error
         stale = await pd_legs(s, p.url, d.url, body, extra_params={"remote_engine_id": "previous-run"})
         assert stale.status >= 500
+        other_build = await pd_legs(s, p.url, d.url, body, extra_params={"kv_protocol_version": PROTOCOL_VERSION + 1})
+        assert other_build.status >= 500 and "error" in other_build.error
         again = await pd_legs(s, p.url, d.url, body)
         assert again.status == 200 and again.token_ids == (await _reference(s, p.url, body)).token_ids
 
 
-async def test_prefill_killed_mid_transfer_fails_decode_request_cleanly(pd_pair, tiny_llama):
-    """Runs last: it kills the producer. Decode answers with an error (no hang) and keeps serving."""
-    p, d = pd_pair
+async def test_prefill_killed_mid_transfer_fails_decode_request_cleanly(engines, tiny_llama):
+    """A producer killed while its push is in flight: decode answers with an error (no hang) and keeps serving."""
+    doomed, d, faults = engines.doomed, engines.d, engines.doomed_faults
     async with aiohttp.ClientSession() as s:
         body = _body(str(tiny_llama), _prompt(300, seed=3), stream=False)
-        # The producer accepts the push, then stalls 5 s before writing: we kill it meanwhile.
-        pending = asyncio.create_task(pd_legs(s, p.url, d.url, body, extra_params={"atom_test_tamper": "delay:5"}))
-        await asyncio.sleep(2)
-        os.killpg(p.pid, signal.SIGKILL)
+        # The producer accepts the push and stalls it before writing; once it is stalled, we kill it.
+        faults.stall_pushes()
+        pending = asyncio.create_task(pd_legs(s, doomed.url, d.url, body))
+        await asyncio.to_thread(faults.wait_stalled, TRANSFER_TIMEOUT_S)
+        os.killpg(doomed.pid, signal.SIGKILL)
         failed = await pending
         assert failed.status >= 500 and "error" in failed.error, failed
         alone = await complete(s, d.url, body)  # no kv_transfer_params: decode prefills itself

@@ -17,7 +17,8 @@ import pytest
 from testbed.models import build_tiny_model
 from testbed.ports import free_port
 from testbed.vllm_engine import start_vllm
-from tests.kv_connector.test_vllm_pd import _connector
+from tests.kv_connector.test_vllm_pd import _connector, start_producer
+from tests.support.kv_faults import KVFaults
 from tests.support.pd_client import complete, pd_legs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -28,19 +29,21 @@ PROMPT_LENGTHS = [9, 129, 300]
 
 
 @pytest.fixture(scope="module")
-def atom_pd_pair():
+def atom_pd_pair(tmp_path_factory):
+    """(model dir, producer, consumer, the producer's fault switches); started together, so their start-ups overlap."""
     model_dir = build_tiny_model("qwen3_moe")
     overrides = ["--hf-overrides", json.dumps({"architectures": [ARCH]})]
+    faults = KVFaults(tmp_path_factory.mktemp("atom-p-faults"))
     procs = []
     try:
-        for role in ("kv_producer", "kv_consumer"):  # started together: their start-ups overlap
-            kv_config = _connector(role, free_port())
-            procs.append(
-                start_vllm(model_dir, kv_transfer_config=kv_config, extra_args=overrides, wait=False, name=f"atom-{role}")
-            )
+        procs.append(start_producer(model_dir, faults, "atom-kv_producer", extra_args=overrides))
+        kv_config = _connector("kv_consumer", free_port())
+        procs.append(
+            start_vllm(model_dir, kv_transfer_config=kv_config, extra_args=overrides, wait=False, name="atom-kv_consumer")
+        )
         for proc in procs:
             proc.wait_http_ready("/health", timeout=900)
-        yield model_dir, *procs
+        yield model_dir, *procs, faults
     finally:
         for proc in procs:
             proc.stop()
@@ -60,7 +63,7 @@ def _body(model: str, length: int, seed: int) -> dict:
 
 
 async def test_pd_with_atom_model_equals_colocated(atom_pd_pair) -> None:
-    model_dir, p, d = atom_pd_pair
+    model_dir, p, d, faults = atom_pd_pair
     for proc in (p, d):
         assert f"Resolved architecture: {ARCH}" in proc.log_text()
     async with aiohttp.ClientSession() as s:
@@ -73,5 +76,7 @@ async def test_pd_with_atom_model_equals_colocated(atom_pd_pair) -> None:
             assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-4)
         body = _body(str(model_dir), 200, 99)
         ref = await complete(s, p.url, body)
-        tampered = await pd_legs(s, p.url, d.url, body, extra_params={"atom_test_tamper": "rotate_layers"})
+        faults.rotate_next_push()  # layer i+1's pages land in layer i (tests/support/kv_faults.py)
+        tampered = await pd_legs(s, p.url, d.url, body)
+    assert not faults.rotation_pending(), "the producer's push never went through the fault wrapper"
     assert tampered.status == 200 and tampered.token_ids != ref.token_ids

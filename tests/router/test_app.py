@@ -7,7 +7,7 @@ import asyncio
 import orjson
 
 from tests.support.inprocess_router import make_config, metrics_with, regular, running_router
-from tests.support.recording_upstream import RecordingUpstream, json_reply, upstreams
+from tests.support.recording_upstream import RecordingUpstream, json_reply, sse_reply, stream_events, upstreams
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -22,7 +22,9 @@ async def test_bad_input_gets_4xx_in_openai_shape_never_500() -> None:
             (orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}), 413),
         ]
         for raw, status in cases:
-            resp = await router.http.post(router.url + "/v1/chat/completions", data=raw, headers={"content-type": "application/json"})
+            resp = await router.http.post(
+                router.url + "/v1/chat/completions", data=raw, headers={"content-type": "application/json"}
+            )
             assert resp.status == status, raw[:40]
             body = await resp.json()
             assert set(body["error"]) == {"message", "type", "param", "code"}
@@ -94,6 +96,26 @@ async def test_metrics_count_requests_placements_and_latency() -> None:
         assert 'atom_mesh_time_to_first_token_seconds_count{route="/v1/chat/completions"} 1.0' in text
         assert 'atom_mesh_request_duration_seconds_count{route="/v1/chat/completions"} 3.0' in text
         assert "atom_mesh_worker_in_flight_requests" in text
+
+
+async def test_stream_metrics_count_output_events_not_chunks() -> None:
+    """One token plus a usage-only chunk plus [DONE] is one output event: no inter-event
+    gap to observe. Three tokens (whatever the chunking) give one observation."""
+    usage_only = {"id": "cmpl-test", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}}
+    async with upstreams("w1") as (w1,), running_router(make_config(workers=regular(w1.url))) as router:
+        w1.script(
+            "/v1/chat/completions",
+            sse_reply([*stream_events(["a"]), usage_only]),
+            sse_reply([*stream_events(["a", "b", "c"]), usage_only]),
+        )
+        for _ in range(2):
+            resp = await router.post("/v1/chat/completions", {**CHAT, "stream": True})
+            assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+        counted = 'atom_mesh_requests_total{model="tiny",route="/v1/chat/completions",status="200"} 2.0'
+        text = await metrics_with(router, counted)
+        assert 'atom_mesh_time_to_first_token_seconds_count{route="/v1/chat/completions"} 2.0' in text
+        assert 'atom_mesh_inter_event_latency_seconds_count{route="/v1/chat/completions"} 1.0' in text
+        assert "time_per_output_token" not in text
 
 
 async def test_api_key_guards_inference_but_not_health() -> None:

@@ -40,5 +40,9 @@ async def test_stream_is_relayed_chunk_by_chunk() -> None:
         rest = await resp.read()
         assert rest.endswith(b"data: [DONE]\n\n")
         assert rest.count(b"data: ") == 3
-        await asyncio.sleep(0)
-        assert loads_are_zero(router)
+        # The load is released just after the last byte went out: wait for it, bounded.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while not loads_are_zero(router):
+            assert loop.time() < deadline, "load counters never returned to zero"
+            await asyncio.sleep(0.01)

@@ -21,13 +21,23 @@ from tests.support.recording_upstream import (
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
 
 
-async def _settled(router, timeout: float = 10.0) -> bool:
-    """True once every load counter is back to zero (cancellation runs asynchronously)."""
-    for _ in range(int(timeout / 0.01)):
-        if loads_are_zero(router):
-            return True
+async def _settled(router) -> bool:
+    """True once every load counter is back to zero (cancellation runs asynchronously);
+    False if they are not within 10 seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while not loads_are_zero(router):
+        if loop.time() > deadline:
+            return False
         await asyncio.sleep(0.01)
-    return False
+    return True
+
+
+def _hang_up_watch() -> asyncio.Task:
+    """The router's watcher for the one request in flight: it finishes when the router
+    has seen the client hang up (router.inference.HangUpWatch names it)."""
+    (watch,) = [t for t in asyncio.all_tasks() if t.get_name() == "client-hang-up-watch"]
+    return watch
 
 
 async def test_retry_on_retryable_status_picks_another_worker() -> None:
@@ -183,8 +193,12 @@ async def test_client_leaving_after_done_is_a_complete_answer_not_a_disconnect()
             body = b""
             while not body.endswith(b"data: [DONE]\n\n"):
                 body += await resp.content.readuntil(b"\n\n")
+            watch = _hang_up_watch()
             resp.close()  # hang up right after [DONE], while the upstream is still open
-        await asyncio.sleep(0.2)  # the router sees the hang-up before the upstream ends
+        await asyncio.wait({watch}, timeout=10)
+        assert watch.done() and not watch.cancelled(), "the router never saw the hang-up"
+        (rec,) = w1.requests()
+        assert not rec.finished  # the hang-up came first; now the upstream ends
         end.set()
         metrics = await metrics_with(router, 'route="/v1/completions",status="200"')
         assert 'route="/v1/completions",status="200"} 1.0' in metrics

@@ -16,7 +16,10 @@ def test_router_answers_like_the_engine(case: Case, reference_answers) -> None:
 
 def test_router_metrics_saw_the_traffic(reference_answers) -> None:
     metrics = reference_answers["router_metrics"]
-    # 6 chat + 6 completions requests, all 200; streams recorded a time to first token
+    # 6 chat + 6 completions requests, all 200; the 3 streams per route (12 tokens each)
+    # recorded a time to first token and an inter-event latency
     assert 'route="/v1/chat/completions",status="200"} 6.0' in metrics
     assert 'route="/v1/completions",status="200"} 6.0' in metrics
-    assert 'atom_mesh_time_to_first_token_seconds_count{route="/v1/completions"} 3.0' in metrics
+    for route in ("/v1/chat/completions", "/v1/completions"):
+        assert f'atom_mesh_time_to_first_token_seconds_count{{route="{route}"}} 3.0' in metrics
+        assert f'atom_mesh_inter_event_latency_seconds_count{{route="{route}"}} 3.0' in metrics

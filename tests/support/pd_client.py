@@ -1,7 +1,8 @@
 """HTTP helpers for the P/D engine tests: completions (JSON or SSE) and the two serial legs.
 
-The serial legs are what `atom-router --backend vllm` does; tests that must inject a
-test hook into the decode leg's kv_transfer_params drive the legs themselves.
+The serial legs are what `atom-router --backend vllm` does; tests that must alter the
+decode leg's kv_transfer_params (another fingerprint, a stale engine id) or talk to a
+producer the router does not know drive the legs themselves.
 """
 
 from __future__ import annotations
