@@ -27,7 +27,7 @@ from router.policies.registry import POLICIES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure")
-PEERS = ("sglang-router:cache_aware", "sglang-router:round_robin", "vllm-router:cache_aware")
+PEERS = ("smg:cache_aware", "smg:round_robin", "sglang-router:cache_aware", "sglang-router:round_robin", "vllm-router:cache_aware")
 PRESETS = {
     "full": tuple(f"atom:{p}" for p in POLICIES) + PEERS,
     "quick": ("atom:round_robin", "atom:cache_aware", "atom:kv_aware") + PEERS,
@@ -129,7 +129,7 @@ def run_comparison(opts: Options, echo: bool = True) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_routers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--routers", nargs="*", default=None, help="KIND:POLICY entries (kinds: atom, sglang-router, vllm-router).")
+    p.add_argument("--routers", nargs="*", default=None, help="KIND:POLICY entries (kinds: atom, smg, sglang-router, vllm-router).")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full", help="Router set when --routers is not given.")
     p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=WORKLOADS)
     p.add_argument("--workers", type=int, default=4, help="Simulated workers per fleet.")

@@ -12,7 +12,7 @@ import json
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,16 +35,18 @@ class Upstreams(Protocol):
 
 @dataclass
 class StaticUpstreams:
-    """Co-located workers at fixed URLs."""
+    """Workers at fixed URLs: co-located (`regular`), or with `pd_protocol` prefill and decode ones."""
 
-    regular: list[str]
+    regular: list[str] = field(default_factory=list)
     pd_protocol: str | None = None
+    prefill: list[str] = field(default_factory=list)
+    decode: list[str] = field(default_factory=list)
 
     def urls(self, role: str) -> list[str]:
-        return list(self.regular) if role == "regular" else []
+        return list({"regular": self.regular, "prefill": self.prefill, "decode": self.decode}.get(role, []))
 
     def prefill_endpoints(self) -> list[tuple[str, int | None]]:
-        return []
+        return [(url, None) for url in self.prefill]
 
 
 class SimFleetProcess:
@@ -85,7 +87,7 @@ class SimFleetProcess:
 class RouterUnderTest:
     """One router configuration: which implementation and which policy."""
 
-    kind: str  # "atom" | "sglang-router" | "vllm-router"
+    kind: str  # "atom" | "smg" | "sglang-router" | "vllm-router"
     policy: str
 
     @property
@@ -96,11 +98,11 @@ class RouterUnderTest:
         """Why this router cannot run here, or cannot speak `pd_protocol` (None when it can)."""
         if self.kind == "atom":
             return None if importlib.util.find_spec("router") else "the atom-mesh router package is not importable"
-        if self.kind == "sglang-router":
-            if importlib.util.find_spec("sglang_router") is None:
-                return "sglang-router is not installed (pip install -e .[bench])"
+        if self.kind in _SGLANG_GATEWAY_MODULES:
+            if importlib.util.find_spec(_SGLANG_GATEWAY_MODULES[self.kind].partition(".")[0]) is None:
+                return f"{self.kind} is not installed (pip install -e .[bench])"
             if pd_protocol not in (None, "sglang"):
-                return f"sglang-router does not speak the {pd_protocol} P/D protocol"
+                return f"{self.kind} does not speak the {pd_protocol} P/D protocol"
             return None
         if self.kind == "vllm-router":
             if not _vllm_router_binary():
@@ -109,6 +111,12 @@ class RouterUnderTest:
                 return f"vllm-router does not speak the {pd_protocol} P/D protocol"
             return None
         return f"unknown router kind {self.kind!r}"
+
+    @property
+    def native_pd_protocol(self) -> str:
+        """The P/D protocol this router speaks to workers that accept any (benchmark backends):
+        our router and vllm-router the sequential vLLM one, the SGLang gateways their own."""
+        return "sglang" if self.kind in _SGLANG_GATEWAY_MODULES else "vllm"
 
     @property
     def reads_kv_events(self) -> bool:
@@ -124,8 +132,8 @@ class RouterUnderTest:
             return [sys.executable, "-m", "router", *common, *tokenizer, "--log-level", "warning"]
         # Each Rust router gets its own metrics port: the default 29000 clashes between them.
         prom = ["--prometheus-port", str(prometheus_port), "--prometheus-host", "127.0.0.1"]
-        if self.kind == "sglang-router":
-            return [sys.executable, "-m", "sglang_router.launch_router", *common, *prom, "--log-level", "warn"]
+        if self.kind in _SGLANG_GATEWAY_MODULES:
+            return [sys.executable, "-m", _SGLANG_GATEWAY_MODULES[self.kind], *common, *prom, "--log-level", "warn"]
         return [_vllm_router_binary() or "vllm-router", *common, *prom, "--log-level", "warning"]
 
     def _worker_flags(self, fleet: Upstreams) -> list[str]:
@@ -135,6 +143,7 @@ class RouterUnderTest:
         flags = {
             "atom": ["--pd-disaggregation", "--backend", protocol],
             "sglang-router": ["--pd-disaggregation"],
+            "smg": ["--pd-disaggregation"],
             "vllm-router": ["--vllm-pd-disaggregation"] + (["--kv-connector", "mooncake"] if protocol == "vllm-mooncake" else []),
         }[self.kind]
         for url, bootstrap in fleet.prefill_endpoints():
@@ -152,6 +161,11 @@ class RouterUnderTest:
             proc.stop(grace=5.0)
             raise
         return proc
+
+
+# The SGLang Model Gateway, as `smg` (its current name) and as the older `sglang-router`: the same
+# flags, each launched by its Python package's module.
+_SGLANG_GATEWAY_MODULES = {"smg": "smg.launch_router", "sglang-router": "sglang_router.launch_router"}
 
 
 @functools.cache

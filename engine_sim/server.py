@@ -396,7 +396,9 @@ class SimWorker:
             "id": self.model,
             "object": "model",
             "created": int(time.time()),
-            "owned_by": "atom-mesh-sim",
+            # The engine this worker's P/D protocol comes from, as that engine names itself here:
+            # gateways (smg) pick their P/D protocol by it.
+            "owned_by": "sglang" if self.spec.protocol == "sglang" else "vllm",
             "root": self.model,
             "max_model_len": self.cfg.max_model_len,
         }

@@ -8,7 +8,10 @@ HTTP (as Prometheus scrapes by default); TLS covers the API port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+from collections.abc import Iterator
+from typing import Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -20,7 +23,7 @@ from router.logging_setup import configure_logging
 
 
 def _uvicorn_config(
-    app: Starlette, config: RouterConfig, host: str, port: int, *, lifespan: str, tls: bool = True
+    app: Starlette, config: RouterConfig, host: str, port: int, *, lifespan: Literal["on", "off"], tls: bool = True
 ) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -53,6 +56,18 @@ def _tune_gc() -> None:
     gc.set_threshold(*_GC_THRESHOLD)
 
 
+class _SecondaryServer(uvicorn.Server):
+    """A listener that leaves SIGINT/SIGTERM to the main server, which stops it on exit.
+
+    (Each uvicorn server would otherwise install its own handlers, and a signal would stop
+    only the server whose handlers were installed last.)
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _serve(config: RouterConfig) -> None:
     app = create_app(config)
     _tune_gc()
@@ -62,12 +77,10 @@ async def _serve(config: RouterConfig) -> None:
         return
     metrics_app = Starlette(routes=[Route("/metrics", app.state.service.metrics_endpoint)])
     host = config.prometheus_host or config.host
-    metrics = uvicorn.Server(_uvicorn_config(metrics_app, config, host, config.prometheus_port, lifespan="off", tls=False))
-    # Each uvicorn server installs SIGINT/SIGTERM handlers; the main server's must be the
-    # last installed so a signal stops it, and it then stops the metrics listener.
+    metrics = _SecondaryServer(
+        _uvicorn_config(metrics_app, config, host, config.prometheus_port, lifespan="off", tls=False)
+    )
     metrics_task = asyncio.create_task(metrics.serve())
-    while not metrics.started and not metrics_task.done():
-        await asyncio.sleep(0.01)
     try:
         await main.serve()
     finally:

@@ -3,8 +3,8 @@
 Modules bind their op implementation at construction (the op layer's choice is made
 once per process). Parameters are created empty in the default dtype and device, as
 engines build models under their own dtype/device context and then load weights.
-Every parameter that is filled from several checkpoint tensors carries an
-`atom_shards` map used by `atom_models.weights`.
+Every parameter that is filled from several checkpoint tensors carries its row ranges
+(`set_shard_offsets`), which `atom_models.weights` reads back.
 """
 
 from __future__ import annotations
@@ -18,6 +18,22 @@ from torch import nn
 from atom_models import ops
 from atom_models.engine import AttentionFactory, AttentionSpec
 from atom_models.families import DecoderConfig, MoEConfig, RopeConfig
+
+ShardOffsets = dict[str, tuple[int, int]]
+# The attribute a fused parameter carries its ranges in (torch allows attributes on parameters).
+_SHARDS_ATTR = "atom_shards"
+
+
+def set_shard_offsets(param: nn.Parameter, offsets: ShardOffsets) -> None:
+    """Name row ranges of a fused parameter (q/k/v, gate/up): the weight loader copies each
+    checkpoint tensor into its range. Kept on the parameter so it travels with it."""
+    setattr(param, _SHARDS_ATTR, offsets)
+
+
+def shard_offsets(param: nn.Parameter) -> ShardOffsets:
+    """The ranges `set_shard_offsets` gave `param` (empty for an unfused parameter)."""
+    offsets: ShardOffsets = getattr(param, _SHARDS_ATTR, {})
+    return offsets
 
 
 def _param(*shape: int) -> nn.Parameter:
@@ -56,7 +72,7 @@ class Linear(nn.Module):
                 start += size
             for p in (self.weight, self.bias):
                 if p is not None:
-                    p.atom_shards = offsets
+                    set_shard_offsets(p, offsets)
         self._linear = ops.get("linear")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +181,7 @@ class Experts(nn.Module):
         super().__init__()
         self.w13 = _param(num_experts, 2 * intermediate_size, hidden_size)
         self.w2 = _param(num_experts, hidden_size, intermediate_size)
-        self.w13.atom_shards = {"gate": (0, intermediate_size), "up": (intermediate_size, intermediate_size)}
+        set_shard_offsets(self.w13, {"gate": (0, intermediate_size), "up": (intermediate_size, intermediate_size)})
 
 
 class SparseMoE(nn.Module):

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from atom_models.layers import shard_offsets
+
 # (pattern, replacement, shard): shard is a fixed key, or "expert:<key>" where the expert
 # index comes from the name's first group that is a number.
 _RULES: tuple[tuple[re.Pattern[str], str, str | None], ...] = tuple(
@@ -63,7 +65,7 @@ def _destination(param: nn.Parameter, shard: Shard) -> torch.Tensor:
         data = data[expert]
         shard = key or None
     if shard is not None:
-        start, size = param.atom_shards[shard]
+        start, size = shard_offsets(param)[shard]
         data = data[start : start + size]
     return data
 
@@ -109,7 +111,7 @@ def _expected_shards(param: nn.Parameter, seen: set[Shard]) -> set[Shard]:
     """Every shard a complete load of `param` delivers, judged by the form that arrived."""
     if None in seen:
         return {None}
-    keys = list(getattr(param, "atom_shards", {})) or [""]
+    keys = list(shard_offsets(param)) or [""]
     if any(isinstance(s, tuple) for s in seen):
         return {(e, k) for e in range(param.shape[0]) for k in keys}
     return set(keys)

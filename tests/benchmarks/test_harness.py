@@ -7,7 +7,6 @@ whole trace to the fleet and that the report files are written.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,14 @@ from benchmarks.workloads import generated_shared_prefix
 
 pytestmark = pytest.mark.slow
 
-ROUTERS = ["atom:round_robin", "atom:cache_aware", "atom:kv_aware", "sglang-router:cache_aware", "vllm-router:cache_aware"]
+ROUTERS = [
+    "atom:round_robin",
+    "atom:cache_aware",
+    "atom:kv_aware",
+    "smg:cache_aware",
+    "sglang-router:cache_aware",
+    "vllm-router:cache_aware",
+]
 
 
 def test_compare_routers_on_a_tiny_trace(tmp_path: Path):
@@ -36,7 +42,7 @@ def test_compare_routers_on_a_tiny_trace(tmp_path: Path):
     result = run_comparison(opts, echo=False)
     runs = result["workloads"]["shared-prefix"]["runs"]
     assert [r["router"] for r in runs] == ROUTERS
-    for router, run in zip(routers, runs):
+    for router, run in zip(routers, runs, strict=True):
         if "skipped" in run:
             # Only a peer whose package is not installed may be skipped, and it says why.
             assert router.kind != "atom" and "not installed" in run["skipped"], run
@@ -52,7 +58,12 @@ def test_compare_routers_on_a_tiny_trace(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("protocol", "peer"),
-    [("sglang", "sglang-router:round_robin"), ("vllm", "vllm-router:round_robin"), ("vllm-mooncake", "vllm-router:round_robin")],
+    [
+        ("sglang", "smg:round_robin"),
+        ("sglang", "sglang-router:round_robin"),
+        ("vllm", "vllm-router:round_robin"),
+        ("vllm-mooncake", "vllm-router:round_robin"),
+    ],
 )
 def test_pd_fleets_through_our_router_and_the_peer_that_speaks_the_protocol(protocol: str, peer: str):
     """Each P/D protocol of the simulator, driven by our router and by an independent router."""
@@ -64,7 +75,9 @@ def test_pd_fleets_through_our_router_and_the_peer_that_speaks_the_protocol(prot
         rate=40.0,
         pd_protocol=protocol,
     )
-    workload = generated_shared_prefix(num_groups=2, prompts_per_group=2, system_prompt_len=40, question_len=5, output_len=6, rate=40.0)
+    workload = generated_shared_prefix(
+        num_groups=2, prompts_per_group=2, system_prompt_len=40, question_len=5, output_len=6, rate=40.0
+    )
     for label in ("atom:round_robin", peer):
         router = parse_router(label)
         run = run_one(router, workload, opts)
@@ -77,11 +90,24 @@ def test_pd_fleets_through_our_router_and_the_peer_that_speaks_the_protocol(prot
         assert fleet["rejected"] == fleet["kv_failures"] == 0, (label, fleet)
 
 
-@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (apt-get install -y wrk nginx)")
-def test_router_overhead_measures_direct_and_router(tmp_path: Path):
-    from benchmarks.router_overhead import measure
+@pytest.mark.parametrize("pd", [False, True], ids=["co-located", "pd"])
+def test_capacity_modes_through_our_router(pd: bool):
+    """Every mode for about a second, our router only: each row has every column and no errors."""
+    from benchmarks.router_overhead import COLUMNS, MODES, format_rows, measure, tools_missing
 
-    rows = measure([parse_router("atom:round_robin")], duration_s=1, connections=4, threads=1)
-    assert [r["target"] for r in rows] == ["direct (nginx)", "atom:round_robin"]
-    for row in rows:
-        assert row["rps"] > 0 and row["non_2xx"] == 0, row
+    missing = tools_missing()
+    if missing:
+        pytest.skip(missing)
+    results = measure([parse_router("atom:round_robin")], modes=MODES, duration_s=1, connections=4, streams=50, pd=pd)
+    assert list(results) == list(MODES)
+    for mode, rows in results.items():
+        assert [r["target"] for r in rows][1:] == ["atom:round_robin"], rows
+        assert rows[0]["target"].startswith("direct"), rows
+        for row in rows:
+            assert set(COLUMNS) <= set(row), (mode, row)
+            assert row["rps"] > 0 and row["errors"] == 0 and row["timeouts"] == 0, (mode, row)
+        assert rows[1]["peak_rss_mib"] > 0, rows[1]
+        assert rows[0]["peak_rss_mib"] is None  # the backend is no router: no RSS column of its own
+        if mode == "streams":
+            assert rows[1]["completed"] == rows[1]["requests"] == 50, rows[1]
+        assert "atom:round_robin" in format_rows(mode, rows, pd)

@@ -80,5 +80,5 @@ def test_parse_wrk_output():
 Requests/sec:  11136.12
 """
     parsed = parse_wrk(sample)
-    assert parsed == {"rps": 11136.12, "p50_ms": 2.76, "p99_ms": 14.41, "non_2xx": 5, "socket_errors": 3}
+    assert parsed == {"rps": 11136.12, "p50_ms": 2.76, "p99_ms": 14.41, "errors": 7, "timeouts": 1}
     assert parse_wrk(sample.replace("2.76ms", "900us"))["p50_ms"] == 0.9
