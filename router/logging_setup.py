@@ -20,7 +20,7 @@ import contextvars
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("atom_mesh_request_id", default=None)
@@ -33,7 +33,7 @@ _HANDLER_NAME = "atom_mesh"
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The ordered fields of one line: time, level, logger, message, request id, extras."""
     fields: dict[str, Any] = {
-        "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+        "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
         "level": record.levelname.lower(),
         "logger": record.name,
         "msg": record.getMessage(),

@@ -15,15 +15,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from atom_models.engine import AttentionSpec
+from atom_models.families import family_for_architecture
+from atom_models.model import CausalLM
 from sglang.srt.layers.logits_processor import LogitsProcessor, LogitsProcessorOutput
 from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.runtime_context import get_parallel
 from torch import nn
-
-from atom_models.engine import AttentionSpec
-from atom_models.families import family_for_architecture
-from atom_models.model import CausalLM
 
 logger = logging.getLogger("atom_mesh.models.sglang")
 

@@ -48,9 +48,8 @@ def registrations(impl: str) -> dict[str, str]:
 
 def register_models(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Register with vLLM; returns what was registered."""
-    from vllm import ModelRegistry
-
     from atom_models.ops.selection import aiter_status
+    from vllm import ModelRegistry
 
     env = os.environ if env is None else env
     impl = choose_impl(env.get(ENV_VAR), aiter_status()[0])

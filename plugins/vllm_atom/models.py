@@ -14,19 +14,17 @@ built-in architecture names resolve to these classes.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 
 import torch
+from atom_models.engine import AttentionSpec
+from atom_models.families import family_for_architecture
+from atom_models.model import CausalLM
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.attention import Attention
 from vllm.sequence import IntermediateTensors
-
-from atom_models.engine import AttentionSpec
-from atom_models.families import family_for_architecture
-from atom_models.model import CausalLM
 
 logger = logging.getLogger("atom_mesh.models.vllm")
 
