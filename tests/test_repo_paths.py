@@ -1,8 +1,8 @@
-"""Every file reference in the code resolves inside the repository.
+"""Code and scripts that cite the docs cite files that exist.
 
-Code and docstrings once pointed at absolute paths of one machine's shared docs folder,
-which no other checkout has. References to the docs are repo-relative (`docs/<name>.md`) and
-must name a file that exists.
+Docstrings once sent readers to one machine's shared docs folder; they now cite
+repo-relative `docs/<name>.md` files, and a renamed or missing page must fail here.
+(Markdown links, and paths outside the checkout anywhere, are tests/test_docs.py's.)
 """
 
 from __future__ import annotations
@@ -11,30 +11,15 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_SUFFIXES = (".py", ".md", ".sh", ".toml", ".cfg", ".txt")
 DOC_REF = re.compile(r"(?<![\w/.])docs/[\w./-]+\.md")
-OUTSIDE_REF = re.compile(r"/work/[\w./-]+")
 
 
 def _tracked_sources() -> list[Path]:
-    try:
-        out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
     files = [REPO / name for name in out.splitlines() if name.endswith(SOURCE_SUFFIXES) or name == "Makefile"]
     return [f for f in files if f.is_file()]
-
-
-def test_no_reference_points_outside_the_repository() -> None:
-    found = [
-        f"{f.relative_to(REPO)}: {m.group(0)}"
-        for f in _tracked_sources()
-        for m in OUTSIDE_REF.finditer(f.read_text(errors="replace"))
-    ]
-    assert not found, "absolute paths outside the repo (point at docs/ instead):\n" + "\n".join(found)
 
 
 def test_doc_references_name_existing_files() -> None:
@@ -47,3 +32,9 @@ def test_doc_references_name_existing_files() -> None:
         }
     )
     assert not missing, "references to docs that do not exist:\n" + "\n".join(missing)
+
+
+def test_the_scan_sees_the_references_it_checks() -> None:
+    """The check above would pass vacuously if the scan found nothing."""
+    cited = {m.group(0) for f in _tracked_sources() for m in DOC_REF.finditer(f.read_text(errors="replace"))}
+    assert {"docs/protocols.md", "docs/engines-on-cpu.md"} <= cited
