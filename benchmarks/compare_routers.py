@@ -6,6 +6,14 @@
 Prints TTFT p50/p90/p99, end-to-end latency, throughput and the fleet's prefix-cache hit
 rate per router, each also as a ratio to sglang-router cache_aware; writes JSON and a TTFT
 plot under benchmarks/results/. A router whose package is missing is skipped with the reason.
+
+Conditional disaggregation (issue 13) runs one trace three ways on the same four workers:
+
+    python -m benchmarks.compare_routers --disagg-modes --workloads mixed --routers atom:cache_aware
+
+always-pair (2 prefill + 2 decode, every request a pair), conditional (the same P/D fleet,
+the router choosing pair or decode-only per request) and co-located (4 regular workers).
+Each row is also a ratio to the best of the three, with the share sent decode-only.
 """
 
 from __future__ import annotations
@@ -15,19 +23,27 @@ import asyncio
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import run_trace, summarize
+from benchmarks.loadgen import run_trace, summarize, summarize_by
 from benchmarks.processes import RouterUnderTest, SimFleetProcess, parse_router
-from benchmarks.report import format_table, machine_info, plot_ttft, write_json
-from benchmarks.workloads import Workload, generated_shared_prefix, kv_pressure, multi_turn_chat
+from benchmarks.report import format_modes_table, format_table, machine_info, plot_ttft, write_json
+from benchmarks.workloads import Workload, generated_shared_prefix, kv_pressure, mixed, multi_turn_chat, request_kind
 from router.policies.registry import POLICIES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure")
-PEERS = ("smg:cache_aware", "smg:round_robin", "sglang-router:cache_aware", "sglang-router:round_robin", "vllm-router:cache_aware")
+WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure", "mixed")
+# What a plain run covers; `mixed` is for --disagg-modes.
+DEFAULT_WORKLOADS = ("shared-prefix", "multi-turn", "kv-pressure")
+PEERS = (
+    "smg:cache_aware",
+    "smg:round_robin",
+    "sglang-router:cache_aware",
+    "sglang-router:round_robin",
+    "vllm-router:cache_aware",
+)
 PRESETS = {
     "full": tuple(f"atom:{p}" for p in POLICIES) + PEERS,
     "quick": ("atom:round_robin", "atom:cache_aware", "atom:kv_aware") + PEERS,
@@ -48,6 +64,30 @@ class Options:
     plot: bool = True
     # None: co-located workers; else half prefill, half decode speaking this P/D protocol.
     pd_protocol: str | None = None
+    # Run every router each of these ways (`DISAGG_MODES` names) instead of once.
+    disagg_modes: list[str] = field(default_factory=list)
+    # More router flags for the conditional mode only (e.g. thresholds under test).
+    conditional_args: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DisaggMode:
+    """One way to serve a trace on the same workers: disaggregated (half prefill, half
+    decode) with these router flags, or all co-located."""
+
+    name: str
+    disaggregated: bool
+    router_args: tuple[str, ...] = ()
+
+
+DISAGG_MODES = {
+    "always-pair": DisaggMode("always-pair", True, ("--always-pair",)),
+    "conditional": DisaggMode("conditional", True),
+    "co-located": DisaggMode("co-located", False),
+}
+# Protocol of the disaggregated modes when --pd is not given: decode-only needs a decode
+# worker that serves plain requests, which vLLM's kv_consumer does (SGLang's does not).
+DISAGG_DEFAULT_PROTOCOL = "vllm"
 
 
 def _sim_setting(sim_args: list[str], flag: str, default: int) -> int:
@@ -60,6 +100,8 @@ def build_workload(name: str, opts: Options) -> Workload:
     n = lambda base: max(1, round(base * opts.scale))  # noqa: E731 - a local scaling rule
     if name == "shared-prefix":
         return generated_shared_prefix(num_groups=n(8), prompts_per_group=n(16), rate=opts.rate, seed=opts.seed)
+    if name == "mixed":
+        return mixed(rate=opts.rate, duration_s=max(2.0, 30.0 * opts.scale), seed=opts.seed)
     if name == "multi-turn":
         return multi_turn_chat(num_sessions=n(16), turns=4, session_rate=opts.rate / 4, seed=opts.seed)
     if name == "kv-pressure":
@@ -75,13 +117,24 @@ def build_workload(name: str, opts: Options) -> Workload:
     raise ValueError(f"unknown workload {name!r}; choose from {WORKLOADS}")
 
 
-def run_one(router: RouterUnderTest, workload: Workload, opts: Options) -> dict[str, Any]:
-    """One router on one workload, in front of a fresh fleet; stops everything it started."""
-    reason = router.unavailable_reason(opts.pd_protocol)
+def run_one(router: RouterUnderTest, workload: Workload, opts: Options, mode: DisaggMode | None = None) -> dict[str, Any]:
+    """One router on one workload, in front of a fresh fleet; stops everything it started.
+
+    With `mode`, the fleet's shape and the router's extra flags are the mode's."""
+    label, pd_protocol = router.label, opts.pd_protocol
+    if mode is not None:
+        label = f"{router.label} {mode.name}"
+        pd_protocol = (opts.pd_protocol or DISAGG_DEFAULT_PROTOCOL) if mode.disaggregated else None
+        if router.kind != "atom":
+            return {"router": label, "mode": mode.name, "skipped": "the disaggregation modes are flags of our router"}
+        extra = mode.router_args + (tuple(opts.conditional_args) if mode.name == "conditional" else ())
+        # Every mode counts prompt tokens exactly, as a deployment that sets --tokenizer-path does.
+        router = replace(router, extra_args=router.extra_args + extra, tokenize=True)
+    reason = router.unavailable_reason(pd_protocol)
     if reason:
-        return {"router": router.label, "skipped": reason}
+        return {"router": label, "skipped": reason}
     sim_args = [*opts.sim_args, "--kv-events"] if router.reads_kv_events else opts.sim_args
-    fleet = SimFleetProcess(opts.workers, sim_args, pd_protocol=opts.pd_protocol)
+    fleet = SimFleetProcess(opts.workers, sim_args, pd_protocol=pd_protocol)
     try:
         proc = router.start(fleet)
         try:
@@ -91,14 +144,20 @@ def run_one(router: RouterUnderTest, workload: Workload, opts: Options) -> dict[
         totals = fleet.stats()["totals"]
     finally:
         fleet.stop()
-    return {
-        "router": router.label,
+    fleet_keys = (
+        "received", "completed", "cancelled", "rejected", "kv_failures", "prefill_legs", "decode_legs",
+        "decode_only", "prompt_tokens", "cached_tokens", "remote_prefill_tokens", "evicted_blocks", "cache_hit_rate",
+    )  # fmt: skip
+    run: dict[str, Any] = {
+        "router": label,
         "summary": summarize(results, wall),
-        "fleet": {
-            k: totals[k]
-            for k in ("received", "completed", "cancelled", "rejected", "kv_failures", "prefill_legs", "decode_legs", "prompt_tokens", "cached_tokens", "evicted_blocks", "cache_hit_rate")
-        },
+        "fleet": {k: totals[k] for k in fleet_keys},
     }
+    if mode is not None:
+        run["mode"] = mode.name
+    if workload.name == "mixed":
+        run["by_kind"] = summarize_by(results, wall, request_kind)
+    return run
 
 
 def run_comparison(opts: Options, echo: bool = True) -> dict[str, Any]:
@@ -111,27 +170,37 @@ def run_comparison(opts: Options, echo: bool = True) -> dict[str, Any]:
             "rate": opts.rate,
             "scale": opts.scale,
             "seed": opts.seed,
+            "disagg_modes": opts.disagg_modes,
+            "conditional_args": opts.conditional_args,
         },
         "workloads": {},
     }
     for name in opts.workloads:
         workload = build_workload(name, opts)
         runs = []
+        modes: list[DisaggMode | None] = [DISAGG_MODES[m] for m in opts.disagg_modes] or [None]
         for router in opts.routers:
-            if echo:
-                print(f"[{name}] {router.label} ({len(workload.requests)} requests) ...", flush=True)
-            runs.append(run_one(router, workload, opts))
+            for mode in modes:
+                if echo:
+                    how = f" {mode.name}" if mode else ""
+                    print(f"[{name}] {router.label}{how} ({len(workload.requests)} requests) ...", flush=True)
+                runs.append(run_one(router, workload, opts, mode))
         result["workloads"][name] = {"description": workload.description, "runs": runs}
         if echo:
-            print(format_table(name, runs) + "\n", flush=True)
+            table = format_modes_table(name, runs) if opts.disagg_modes else format_table(name, runs)
+            print(table + "\n", flush=True)
     return result
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_routers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--routers", nargs="*", default=None, help="KIND:POLICY entries (kinds: atom, smg, sglang-router, vllm-router).")
+    p.add_argument(
+        "--routers", nargs="*", default=None, help="KIND:POLICY entries (kinds: atom, smg, sglang-router, vllm-router)."
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="full", help="Router set when --routers is not given.")
-    p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=WORKLOADS)
+    p.add_argument(
+        "--workloads", nargs="*", default=None, choices=WORKLOADS, help="Default: all but mixed (mixed with --disagg-modes)."
+    )
     p.add_argument("--workers", type=int, default=4, help="Simulated workers per fleet.")
     p.add_argument("--rate", type=float, default=8.0, help="Poisson arrival rate (requests/s; sessions/s x4 for multi-turn).")
     p.add_argument("--scale", type=float, default=1.0, help="Multiply request counts (e.g. 0.25 for a quick look).")
@@ -143,20 +212,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Disaggregated fleets (half prefill, half decode) speaking this P/D protocol; routers that cannot are skipped.",
     )
+    p.add_argument(
+        "--disagg-modes",
+        nargs="*",
+        choices=sorted(DISAGG_MODES),
+        default=None,
+        help="Run each (atom) router these ways on the same workers; no names: all three (always-pair, conditional, co-located).",
+    )
+    p.add_argument("--conditional-args", default="", help="More router flags for the conditional mode, one string.")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--no-plot", action="store_true")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The run an argument list asks for; `--disagg-modes` alone means all three, on `mixed`."""
     try:
         routers = [parse_router(r) for r in (args.routers or PRESETS[args.preset])]
     except ValueError as exc:
-        raise SystemExit(f"compare_routers: {exc}")
-    opts = Options(
+        raise SystemExit(f"compare_routers: {exc}") from None
+    disagg_modes = [] if args.disagg_modes is None else (args.disagg_modes or list(DISAGG_MODES))
+    workloads = args.workloads or (["mixed"] if disagg_modes else list(DEFAULT_WORKLOADS))
+    return Options(
         routers=routers,
-        workloads=args.workloads,
+        workloads=workloads,
         workers=args.workers,
         sim_args=shlex.split(args.sim_args),
         rate=args.rate,
@@ -165,9 +244,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         out_dir=args.out_dir,
         plot=not args.no_plot,
         pd_protocol=args.pd,
+        disagg_modes=disagg_modes,
+        conditional_args=shlex.split(args.conditional_args),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    opts = options_from_args(args)
     result = run_comparison(opts)
-    stem = f"compare{'-pd-' + args.pd if args.pd else ''}-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    kind = "-disagg" if opts.disagg_modes else ("-pd-" + args.pd if args.pd else "")
+    stem = f"compare{kind}-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     print(f"results: {write_json(result, opts.out_dir, stem)}")
     if opts.plot:
         png = plot_ttft(result, opts.out_dir, stem, ("shared-prefix", "kv-pressure"))

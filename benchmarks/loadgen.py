@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +29,17 @@ class RequestResult:
     e2e_s: float
     output_tokens: int
     error: str = ""
+    # Which workers the router says it used (`route_of`): "pair", "decode_only", "single" or "".
+    route: str = ""
+
+
+def route_of(headers: Mapping[str, str]) -> str:
+    """The route a router's answer headers name: a P/D pair (`x-atom-prefill-worker` and
+    `x-atom-decode-worker`), decode-only (the decode header alone), one co-located worker
+    (`x-atom-worker`), or "" when the router names none (the Rust peers)."""
+    if "x-atom-decode-worker" in headers:
+        return "pair" if "x-atom-prefill-worker" in headers else "decode_only"
+    return "single" if "x-atom-worker" in headers else ""
 
 
 def _chunk_text(chunk: dict[str, Any]) -> str:
@@ -47,9 +59,10 @@ async def _send(session: aiohttp.ClientSession, base_url: str, req: TraceRequest
     tokens = 0
     try:
         async with session.post(base_url + req.path, json=body, headers=req.headers) as resp:
+            route = route_of(resp.headers)
             if resp.status != 200:
                 text = (await resp.text())[:200]
-                return RequestResult(req.group, False, resp.status, None, time.perf_counter() - start, 0, text)
+                return RequestResult(req.group, False, resp.status, None, time.perf_counter() - start, 0, text, route)
             done = False
             async for raw in resp.content:
                 line = raw.strip()
@@ -61,7 +74,8 @@ async def _send(session: aiohttp.ClientSession, base_url: str, req: TraceRequest
                     break
                 chunk = json.loads(payload)
                 if "error" in chunk:
-                    return RequestResult(req.group, False, 200, ttft, time.perf_counter() - start, tokens, str(chunk["error"])[:200])
+                    error = str(chunk["error"])[:200]
+                    return RequestResult(req.group, False, 200, ttft, time.perf_counter() - start, tokens, error, route)
                 if _chunk_text(chunk):
                     tokens += 1
                     if ttft is None:
@@ -70,9 +84,10 @@ async def _send(session: aiohttp.ClientSession, base_url: str, req: TraceRequest
                 if usage and usage.get("completion_tokens"):
                     tokens = usage["completion_tokens"]
             if not done:
-                return RequestResult(req.group, False, 200, ttft, time.perf_counter() - start, tokens, "stream ended without [DONE]")
-            return RequestResult(req.group, True, 200, ttft, time.perf_counter() - start, tokens)
-    except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
+                error = "stream ended without [DONE]"
+                return RequestResult(req.group, False, 200, ttft, time.perf_counter() - start, tokens, error, route)
+            return RequestResult(req.group, True, 200, ttft, time.perf_counter() - start, tokens, route=route)
+    except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as exc:
         return RequestResult(req.group, False, 0, ttft, time.perf_counter() - start, tokens, f"{type(exc).__name__}: {exc}"[:200])
 
 
@@ -113,6 +128,11 @@ def summarize(results: list[RequestResult], wall_s: float) -> dict[str, Any]:
         if not r.ok:
             key = f"{r.status} {r.error[:80]}"
             errors[key] = errors.get(key, 0) + 1
+    routes: dict[str, int] = {}
+    for r in ok:
+        if r.route:
+            routes[r.route] = routes.get(r.route, 0) + 1
+    disaggregated = routes.get("pair", 0) + routes.get("decode_only", 0)
     return {
         "requests": len(results),
         "completed": len(ok),
@@ -123,7 +143,18 @@ def summarize(results: list[RequestResult], wall_s: float) -> dict[str, Any]:
         "output_tok_per_s": out_tokens / wall_s if wall_s else 0.0,
         "wall_s": wall_s,
         "errors": errors,
+        "routes": routes,
+        # Of the answers a P/D router named a route for, the share that went decode-only.
+        "decode_only_share": routes.get("decode_only", 0) / disaggregated if disaggregated else math.nan,
     }
+
+
+def summarize_by(results: list[RequestResult], wall_s: float, kind_of: Callable[[str], str]) -> dict[str, dict[str, Any]]:
+    """`summarize` per kind of request (`kind_of(group)`), e.g. the mixed workload's short/rag/session."""
+    kinds: dict[str, list[RequestResult]] = {}
+    for r in results:
+        kinds.setdefault(kind_of(r.group), []).append(r)
+    return {kind: summarize(rs, wall_s) for kind, rs in sorted(kinds.items())}
 
 
 def results_as_dicts(results: list[RequestResult]) -> list[dict[str, Any]]:

@@ -89,6 +89,10 @@ class RouterUnderTest:
 
     kind: str  # "atom" | "smg" | "sglang-router" | "vllm-router"
     policy: str
+    # More flags for our router (e.g. --always-pair); the Rust peers take none.
+    extra_args: tuple[str, ...] = ()
+    # Give our router the simulator's tokenizer: exact prompt token counts (the P/D decider's input).
+    tokenize: bool = False
 
     @property
     def label(self) -> str:
@@ -128,8 +132,8 @@ class RouterUnderTest:
         common += self._worker_flags(fleet)
         if self.kind == "atom":
             # kv_aware matches the engines' blocks by token ids: tokenize as the simulator does.
-            tokenizer = ["--tokenizer-path", str(_sim_tokenizer_file())] if self.reads_kv_events else []
-            return [sys.executable, "-m", "router", *common, *tokenizer, "--log-level", "warning"]
+            tokenizer = ["--tokenizer-path", str(_sim_tokenizer_file())] if self.reads_kv_events or self.tokenize else []
+            return [sys.executable, "-m", "router", *common, *tokenizer, *self.extra_args, "--log-level", "warning"]
         # Each Rust router gets its own metrics port: the default 29000 clashes between them.
         prom = ["--prometheus-port", str(prometheus_port), "--prometheus-host", "127.0.0.1"]
         if self.kind in _SGLANG_GATEWAY_MODULES:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import math
 import os
@@ -314,6 +315,10 @@ def measure(
                 if reason:
                     rows.append({"target": router.label, "skipped": reason})
                     continue
+                if pd and router.kind == "atom":
+                    # Two legs per request, as the peers run P/D: the backend's short prompts would
+                    # otherwise go decode-only under conditional disaggregation.
+                    router = dataclasses.replace(router, extra_args=(*router.extra_args, "--always-pair"))
                 try:
                     proc = router.start(upstreams_for(router, backends, mode, pd))
                 except EngineStartError as exc:

@@ -4,7 +4,9 @@
   own question, shuffled (like SGLang bench_serving's `generated-shared-prefix`);
 - multi-turn chat: sessions whose every turn resends the whole conversation so far;
 - KV pressure: shared prefixes sized to fill ~70% of the fleet's KV cache, so a router that
-  scatters a group over every worker evicts what a cache-aware one keeps.
+  scatters a group over every worker evicts what a cache-aware one keeps;
+- mixed: short chats, long uncached RAG prompts and cached multi-turn sessions on one
+  timeline, for conditional disaggregation (pair vs decode-only per request).
 
 Token counts are simulator tokens (one per word, see `engine_sim.tokenizer`).
 """
@@ -49,6 +51,20 @@ def poisson_arrivals(n: int, rate: float, rng: random.Random) -> list[float]:
     return times
 
 
+def poisson_until(horizon_s: float, rate: float, rng: random.Random) -> list[float]:
+    """Arrival times of a Poisson process with `rate` per second up to `horizon_s` (none at rate 0)."""
+    if rate < 0:
+        raise ValueError(f"arrival rate must be >= 0 requests/s, got {rate}")
+    times: list[float] = []
+    t = 0.0
+    while rate > 0:
+        t += rng.expovariate(rate)
+        if t > horizon_s:
+            break
+        times.append(t)
+    return times
+
+
 VOCABULARY_SIZE = 100_000
 
 
@@ -85,7 +101,7 @@ def generated_shared_prefix(
             body={"model": model, "prompt": f"{systems[g]} {q}", "max_tokens": output_len, "ignore_eos": True},
             group=f"g{g}",
         )
-        for t, (g, q) in zip(arrivals, items)
+        for t, (g, q) in zip(arrivals, items, strict=True)
     ]
     desc = (
         f"{num_groups} groups x {prompts_per_group} prompts, system prompt {system_prompt_len} tokens, "
@@ -164,3 +180,81 @@ def multi_turn_chat(
         f"output {output_len}, sessions Poisson {session_rate:g}/s, think time {think_time_s:g}s, seed {seed}"
     )
     return Workload("multi-turn", desc, requests)
+
+
+def mixed(
+    *,
+    rate: float = 8.0,
+    duration_s: float = 20.0,
+    short_share: float = 0.5,
+    rag_share: float = 0.2,
+    short_user_len: tuple[int, int] = (16, 48),
+    short_output_len: int = 32,
+    rag_instruction_len: int = 64,
+    rag_document_len: int = 2048,
+    rag_question_len: int = 32,
+    rag_output_len: int = 64,
+    session_turns: int = 4,
+    session_system_len: int = 384,
+    session_user_len: int = 48,
+    session_output_len: int = 48,
+    think_time_s: float = 2.0,
+    seed: int = 0,
+    model: str = "sim-model",
+) -> Workload:
+    """The traffic conditional disaggregation is for, three kinds of request on one timeline:
+
+    - `short-*`: one-turn chats of a few dozen tokens (cheap to prefill anywhere: a KV transfer
+      and a second hop cost more than they save);
+    - `rag-*`: completions whose prompt is a shared instruction plus ~2,000 tokens of freshly
+      retrieved text, uncached everywhere (a prefill worth moving off the decode workers);
+    - `session-*`: multi-turn chats whose every turn resends the conversation, so all but the
+      newest user message is cached where the previous turn ran.
+
+    `rate` is the mean of all arrivals per second over `duration_s`; each kind arrives as its own
+    Poisson process with its share of it (sessions: turns / s, each session `session_turns`
+    turns `think_time_s` apart). Answers are the simulator's, so the trace is for a simulated fleet.
+    """
+    session_share = 1.0 - short_share - rag_share
+    if not (0 <= short_share <= 1 and 0 <= rag_share <= 1 and session_share >= 0):
+        raise ValueError(f"shares must be within [0, 1] and sum to at most 1, got short {short_share}, rag {rag_share}")
+    rng = random.Random(seed)
+    requests: list[TraceRequest] = []
+
+    for i, t in enumerate(poisson_until(duration_s, rate * short_share, rng)):
+        messages = [{"role": "user", "content": random_text(rng, rng.randint(*short_user_len))}]
+        body = {"model": model, "messages": messages, "max_tokens": short_output_len}
+        requests.append(TraceRequest(t, "/v1/chat/completions", body, f"short-{i}"))
+
+    instruction = random_text(rng, rag_instruction_len)
+    for i, t in enumerate(poisson_until(duration_s, rate * rag_share, rng)):
+        prompt = f"{instruction} {random_text(rng, rag_document_len)} {random_text(rng, rag_question_len)}"
+        body = {"model": model, "prompt": prompt, "max_tokens": rag_output_len, "ignore_eos": True}
+        requests.append(TraceRequest(t, "/v1/completions", body, f"rag-{i}"))
+
+    # Sessions start early enough for all their turns to fall inside the trace.
+    session_horizon = max(0.0, duration_s - (session_turns - 1) * think_time_s)
+    for s, start in enumerate(poisson_until(session_horizon, rate * session_share / session_turns, rng)):
+        messages = [{"role": "system", "content": random_text(rng, session_system_len)}]
+        for k in range(session_turns):
+            messages.append({"role": "user", "content": random_text(rng, session_user_len)})
+            body = {"model": model, "messages": list(messages), "max_tokens": session_output_len}
+            headers = {"x-session-id": f"session-{s}"}
+            requests.append(TraceRequest(start + k * think_time_s, "/v1/chat/completions", body, f"session-{s}", headers))
+            answer = " ".join(output_words(tokenize(render_chat(messages)), session_output_len))
+            messages.append({"role": "assistant", "content": answer})
+
+    requests.sort(key=lambda r: r.arrival_s)
+    desc = (
+        f"{len(requests)} requests over {duration_s:g}s (Poisson, {rate:g} req/s in all, seed {seed}): "
+        f"{short_share:.0%} short chats ({short_user_len[0]}-{short_user_len[1]} tokens, output {short_output_len}), "
+        f"{rag_share:.0%} RAG prompts ({rag_instruction_len}-token shared instruction + {rag_document_len} uncached "
+        f"+ {rag_question_len}, output {rag_output_len}), {session_share:.0%} session turns ({session_turns} turns, "
+        f"system {session_system_len}, user {session_user_len}, output {session_output_len}, {think_time_s:g}s apart)"
+    )
+    return Workload("mixed", desc, requests)
+
+
+def request_kind(group: str) -> str:
+    """The kind of a `mixed` request from its group label (`short-3` -> `short`)."""
+    return group.rsplit("-", 1)[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from engine_sim.config import EngineConfig
 from engine_sim.kv_cache import BlockRemoved, BlockStored
@@ -48,7 +48,7 @@ class AsyncEngine:
     def num_waiting(self) -> int:
         return len(self.core.waiting) + self.pending_kv
 
-    async def generate(self, request: SimRequest) -> AsyncIterator[TokenEvent]:
+    async def generate(self, request: SimRequest) -> AsyncGenerator[TokenEvent, None]:
         """Yield the request's tokens as steps produce them; abort it if the caller stops early."""
         self.core.add(request)
         queue: asyncio.Queue[TokenEvent] = asyncio.Queue()

@@ -34,6 +34,7 @@ _SUMMED = (
     "kv_failures",
     "prefill_legs",
     "decode_legs",
+    "decode_only",
     "in_flight",
     "running",
     "waiting",

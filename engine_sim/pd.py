@@ -4,13 +4,16 @@
 generate, which KV rendezvous key to wait for before decoding (decode legs), which key
 to publish after prefilling (prefill legs), and what `kv_transfer_params` to answer
 with. Field names follow docs/protocols.md exactly; a request missing what
-its protocol requires is a 400 that names the missing field.
+its protocol requires is a 400 that names the missing field. A vLLM decode worker serves a
+plain request (no `do_remote_prefill`) by prefilling it itself, as vLLM's kv_consumer does;
+an SGLang P/D server refuses any request without a bootstrap room, as SGLang does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 from engine_sim.openai_api import ParsedRequest, RequestError
 
@@ -56,18 +59,24 @@ def plan_leg(role: str, protocol: str, req: ParsedRequest, me: WorkerIdentity, e
         if transfer_id is None:
             raise RequestError(400, "vllm-mooncake prefill needs kv_transfer_params.transfer_id", "kv_transfer_params")
         return LegPlan("prefill", 1, publish_key=("mooncake", me.engine_id, str(transfer_id)))
-    # decode
-    if not kv.get("do_remote_prefill"):
+    # decode (a vLLM kv_consumer)
+    if kv.get("do_remote_decode"):
         raise RequestError(
             400,
-            "this is a decode worker: send kv_transfer_params with do_remote_prefill=true "
-            "(from the prefill leg's answer, or the vllm-mooncake transfer fields)",
+            "this is a decode worker (kv_consumer): it cannot serve a prefill leg (do_remote_decode); "
+            "send prefill legs to a prefill worker",
             "kv_transfer_params",
         )
+    if not kv.get("do_remote_prefill"):
+        # Like vLLM's kv_consumer: a plain request is prefilled here, on this worker's own
+        # prefix cache and compute (conditional disaggregation's decode-only route).
+        return LegPlan("whole", req.max_tokens)
     if protocol == "vllm":
         missing = [k for k in ("remote_engine_id", "remote_request_id") if kv.get(k) is None]
         if missing:
-            raise RequestError(400, f"kv_transfer_params lacks {missing}: forward the prefill answer's params unchanged", "kv_transfer_params")
+            raise RequestError(
+                400, f"kv_transfer_params lacks {missing}: forward the prefill answer's params unchanged", "kv_transfer_params"
+            )
         key = ("vllm", str(kv["remote_engine_id"]), str(kv["remote_request_id"]))
         return LegPlan("decode", req.max_tokens, wait_key=key, remote_prefilled=True)
     missing = [k for k in ("transfer_id", "remote_engine_id", "remote_bootstrap_addr") if kv.get(k) is None]

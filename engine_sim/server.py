@@ -50,6 +50,8 @@ class WorkerStats:
     kv_failures: int = 0  # decode legs whose KV never came or was for another prompt
     prefill_legs: int = 0
     decode_legs: int = 0
+    # Plain requests a decode worker prefilled itself (no P/D transfer: the decode-only route).
+    decode_only: int = 0
     in_flight: int = 0
 
 
@@ -119,7 +121,7 @@ class SimWorker:
             self.bootstrap_port = self._bootstrap_runner.addresses[0][1]
 
     async def _listen(self) -> None:
-        assert self._runner is not None
+        assert self._runner is not None and self._runner.server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -270,6 +272,8 @@ class SimWorker:
 
         if leg.kind == "prefill":
             self.stats.prefill_legs += 1
+        elif leg.kind == "whole" and self.spec.role == "decode":
+            self.stats.decode_only += 1
         elif leg.kind == "decode":
             self.stats.decode_legs += 1
             failure = await self._receive_kv(req, leg)

@@ -7,6 +7,7 @@ whole trace to the fleet and that the report files are written.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,9 @@ def test_pd_fleets_through_our_router_and_the_peer_that_speaks_the_protocol(prot
     )
     for label in ("atom:round_robin", peer):
         router = parse_router(label)
+        if router.kind == "atom":
+            # These prompts are short: without it our router would serve them decode-only.
+            router = replace(router, extra_args=("--always-pair",))
         run = run_one(router, workload, opts)
         if "skipped" in run:
             assert router.kind != "atom" and "not installed" in run["skipped"], run
@@ -111,3 +115,31 @@ def test_capacity_modes_through_our_router(pd: bool):
         if mode == "streams":
             assert rows[1]["completed"] == rows[1]["requests"] == 50, rows[1]
         assert "atom:round_robin" in format_rows(mode, rows, pd)
+
+
+def test_disagg_modes_run_one_trace_three_ways_and_count_decode_only_like_the_fleet():
+    """always-pair / conditional / co-located on the mixed trace: every request answered, and the
+    route the router's headers name agrees with what the simulated workers did."""
+    from benchmarks.compare_routers import DISAGG_MODES
+    from benchmarks.workloads import mixed, request_kind
+
+    opts = Options(routers=[], workloads=[], workers=4, sim_args=["--time-scale", "0.1"], disagg_modes=list(DISAGG_MODES))
+    workload = mixed(rate=30.0, duration_s=2.0, session_turns=2, think_time_s=0.5, seed=2)
+    kinds = {request_kind(r.group) for r in workload.requests}
+    assert kinds == {"short", "rag", "session"}
+    n = len(workload.requests)
+    runs = {mode: run_one(parse_router("atom:cache_aware"), workload, opts, DISAGG_MODES[mode]) for mode in DISAGG_MODES}
+    for mode, run in runs.items():
+        assert run["summary"]["completed"] == n, (mode, run["summary"]["errors"])
+        assert run["fleet"]["rejected"] == run["fleet"]["kv_failures"] == 0, (mode, run["fleet"])
+    pair, conditional, colocated = runs["always-pair"], runs["conditional"], runs["co-located"]
+    assert pair["summary"]["routes"] == {"pair": n} and pair["fleet"]["prefill_legs"] == n and pair["fleet"]["decode_only"] == 0
+    assert colocated["summary"]["routes"] == {"single": n} and colocated["fleet"]["prefill_legs"] == 0
+    routes = conditional["summary"]["routes"]
+    assert routes.get("pair", 0) == conditional["fleet"]["prefill_legs"] == conditional["fleet"]["decode_legs"]
+    assert routes.get("decode_only", 0) == conditional["fleet"]["decode_only"]
+    # With the default threshold: short chats go decode-only, ~2k-token uncached RAG prompts as pairs.
+    assert conditional["by_kind"]["short"]["decode_only_share"] == 1.0
+    assert conditional["by_kind"]["rag"]["decode_only_share"] == 0.0
+    skipped = run_one(parse_router("vllm-router:cache_aware"), workload, opts, DISAGG_MODES["conditional"])
+    assert "flags of our router" in skipped["skipped"]
