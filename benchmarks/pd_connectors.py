@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.kv_transfer import format_table as transfer_table  # noqa: E402
 from benchmarks.kv_transfer import run as transfer_run  # noqa: E402
-from tests.support.models import build_tiny_model  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
-from tests.support.vllm_engine import atom_kv_transfer_config, start_vllm  # noqa: E402
+from testbed.models import build_tiny_model  # noqa: E402
+from testbed.ports import free_port  # noqa: E402
+from testbed.vllm_engine import atom_kv_transfer_config, start_vllm  # noqa: E402
 
 TIMEOUT = aiohttp.ClientTimeout(total=600)
 CPU_SHIM = REPO / "tests" / "support" / "vllm_mooncake_cpu"

@@ -1,8 +1,7 @@
 """The processes a benchmark run starts: a fresh simulated fleet and the router under test.
 
-Process lifetime (own process group, log file, cleanup on exit and signals) is the tests'
-`ManagedProcess`: benchmarks run from a checkout, like the tests, and reuse it rather
-than keep a second copy.
+Process lifetime (own process group, log file, cleanup on exit and signals) and the
+fleet launcher are `testbed`'s, shared with the tests and the demo.
 """
 
 from __future__ import annotations
@@ -13,15 +12,15 @@ import json
 import shutil
 import sys
 import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from benchmarks.workloads import vocabulary
 from engine_sim.tokenizer import tokenizer_json
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
+from testbed.sim_fleet import start_fleet
 
 
 class Upstreams(Protocol):
@@ -51,45 +50,36 @@ class StaticUpstreams:
 
 
 class SimFleetProcess:
-    """`python -m engine_sim` with an admin port; knows its worker URLs and reads its stats."""
+    """A fresh simulated fleet for one run: `num_workers` regular workers, or with
+    `pd_protocol` half prefill and half decode (the launcher is `testbed.sim_fleet`)."""
 
     def __init__(
         self, num_workers: int, sim_args: list[str], *, pd_protocol: str | None = None, startup_timeout: float = 60.0
     ) -> None:
-        """`num_workers` regular workers, or with `pd_protocol` half prefill and half decode."""
-        admin = free_port()
-        self._dir = tempfile.TemporaryDirectory(prefix="atom-bench-fleet-")
-        fleet_file = Path(self._dir.name) / "fleet.json"
         if pd_protocol is None:
             shape = ["--regular", str(num_workers)]
         else:
             prefill = max(1, num_workers // 2)
             shape = ["--prefill", str(prefill), "--decode", str(max(1, num_workers - prefill)), "--protocol", pd_protocol]
-        cmd = [
-            sys.executable, "-m", "engine_sim", *shape,
-            "--admin-port", str(admin), "--fleet-file", str(fleet_file), *sim_args,
-        ]  # fmt: skip
-        self.proc = ManagedProcess(cmd, name="engine-sim", port=admin)
+        self._dir = tempfile.TemporaryDirectory(prefix="atom-bench-fleet-")
         try:
-            self.proc.wait_http_ready("/health", timeout=startup_timeout)
-            self.description = json.loads(fleet_file.read_text())
+            self.fleet = start_fleet(Path(self._dir.name), *shape, *sim_args, timeout=startup_timeout)
         except BaseException:
-            self.stop()
+            self._dir.cleanup()
             raise
         self.pd_protocol = pd_protocol
 
     def urls(self, role: str) -> list[str]:
-        return [w["url"] for w in self.description["workers"] if w["role"] == role]
+        return self.fleet.urls(role)
 
     def prefill_endpoints(self) -> list[tuple[str, int | None]]:
-        return [(w["url"], w["bootstrap_port"]) for w in self.description["workers"] if w["role"] == "prefill"]
+        return self.fleet.prefill_endpoints()
 
     def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.proc.url}/sim/stats", timeout=30) as r:
-            return json.load(r)
+        return self.fleet.stats()
 
     def stop(self) -> None:
-        self.proc.stop(grace=5.0)
+        self.fleet.stop()
         self._dir.cleanup()
 
 

@@ -48,8 +48,8 @@ from benchmarks.capacity_bodies import (
 from benchmarks.processes import RouterUnderTest, StaticUpstreams, parse_router
 from benchmarks.report import machine_info, write_json
 from benchmarks.stream_load import report_row, run_streams
-from tests.support.ports import free_port
-from tests.support.processes import EngineStartError, ManagedProcess
+from testbed.ports import free_port
+from testbed.processes import EngineStartError, ManagedProcess
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODES = ("json", "sse", "streams")

@@ -1,7 +1,8 @@
 """A finite paged KV cache with a prefix cache, shaped like vLLM's block manager (pure, no I/O).
 
-- Full blocks are identified by chained hashes: a block's hash covers its tokens and its
-  parent's hash, so equal hashes mean equal whole prefixes.
+- Full blocks are identified by chained hashes (`block_hashes`, i.e.
+  `router.kv_event_wire.chain_hashes`): a block's hash covers its tokens and its parent's
+  hash, so equal hashes mean equal whole prefixes.
 - Blocks nobody references stay cached in an LRU free queue; allocation takes from its head
   and evicts whatever prefix that block held.
 - Freed requests put their blocks at the queue's tail in reverse order, so a prefix's tail
@@ -14,18 +15,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# The chained hash the router's KV index computes too: one definition for both sides.
+from router.kv_event_wire import chain_hashes as block_hashes
 
-def block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
-    """Chained hashes of each *full* block of `token_ids` (a trailing partial block has none).
-
-    Python's hash of an int tuple is not randomized per process, so hashes are stable.
-    """
-    hashes: list[int] = []
-    parent = 0
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent = hash((parent, tuple(token_ids[start : start + block_size])))
-        hashes.append(parent)
-    return hashes
+__all__ = ["Allocation", "BlockRemoved", "BlockStored", "PrefixCache", "block_hashes"]
 
 
 @dataclass(frozen=True)
@@ -126,7 +119,7 @@ class PrefixCache:
         """
         stored: list[int] = []
         first = 0
-        for i, (block, h) in enumerate(zip(allocation.block_ids, hashes)):
+        for i, (block, h) in enumerate(zip(allocation.block_ids, hashes, strict=False)):
             if self._hash_of[block] is None and h not in self._by_hash:
                 self._hash_of[block] = h
                 self._by_hash[h] = block

@@ -3,7 +3,7 @@
 `plan_leg` reads the protocol fields of a parsed request and says: how many tokens to
 generate, which KV rendezvous key to wait for before decoding (decode legs), which key
 to publish after prefilling (prefill legs), and what `kv_transfer_params` to answer
-with. Field names follow /work/shared/docs/protocols.md exactly; a request missing what
+with. Field names follow docs/protocols.md exactly; a request missing what
 its protocol requires is a 400 that names the missing field. A vLLM decode worker serves a
 plain request (no `do_remote_prefill`) by prefilling it itself, as vLLM's kv_consumer does;
 an SGLang P/D server refuses any request without a bootstrap room, as SGLang does.

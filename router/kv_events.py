@@ -2,10 +2,8 @@
 
 vLLM publishes KV cache changes when started with
 `--kv-events-config '{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557"}'`
-(the simulator with `--kv-events`): a ZMQ PUB socket sends multipart
-`(topic, seq as 8-byte big-endian, msgpack payload)`, the payload an array
-`[ts, events, dp_rank?]`, each event a map tagged by `"type"`: `BlockStored`,
-`BlockRemoved` or `AllBlocksCleared`. One SUB socket per worker feeds the index.
+(the simulator with `--kv-events`) on a ZMQ PUB socket, in the wire format of
+`router.kv_event_wire`. One SUB socket per worker feeds the index.
 
 Where a worker's events come from: the `kv_events_endpoint` it was registered with, else
 tcp://<worker host>:<--kv-events-port>, else what the engine says itself: vLLM serves its
@@ -28,11 +26,11 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
-import msgspec
 import zmq
 import zmq.asyncio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from router.kv_event_wire import BlockRemoved, BlockStored, decode_batch, decode_seq
 from router.policies.kv_block_index import KVBlockIndex
 from router.workers.worker import Worker
 
@@ -42,33 +40,22 @@ logger = logging.getLogger("atom_mesh.kv_events")
 def apply_batch(index: KVBlockIndex, worker_id: str, payload: bytes) -> Counter[str]:
     """Decode one published batch and apply its events; returns the events seen by type.
 
-    Raises ValueError for a payload that is not a KV event batch.
+    Raises ValueError for a payload that is not a KV event batch (nothing is applied).
     """
-    try:
-        batch = msgspec.msgpack.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not msgpack: {exc}") from None
-    if not isinstance(batch, list) or len(batch) < 2 or not isinstance(batch[1], list):
-        raise ValueError("not a [ts, events, ...] batch")
+    events, unknown = decode_batch(payload)
     seen: Counter[str] = Counter()
-    for event in batch[1]:
-        kind = event.get("type") if isinstance(event, dict) else None
-        if kind == "BlockStored":
+    for event in events:
+        if isinstance(event, BlockStored):
             index.stored(
-                worker_id,
-                event["block_hashes"],
-                event.get("parent_block_hash"),
-                event["token_ids"],
-                event["block_size"],
-                event.get("medium"),
+                worker_id, event.block_hashes, event.parent_block_hash, event.token_ids, event.block_size, event.medium
             )
-        elif kind == "BlockRemoved":
-            index.removed(worker_id, event["block_hashes"], event.get("medium"))
-        elif kind == "AllBlocksCleared":
-            index.cleared(worker_id)
+        elif isinstance(event, BlockRemoved):
+            index.removed(worker_id, event.block_hashes, event.medium)
         else:
-            kind = "unknown"
-        seen[kind] += 1
+            index.cleared(worker_id)
+        seen[type(event).__name__] += 1
+    if unknown:
+        seen["unknown"] += unknown
     return seen
 
 
@@ -106,7 +93,7 @@ class KVEventFeed:
         try:
             async with session.get(f"{worker.url}/kv_event_sources", timeout=aiohttp.ClientTimeout(total=5)) as r:
                 sources = await r.json() if r.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             sources = None
         first = sources.get("0") if isinstance(sources, dict) else None
         endpoint = first.get("endpoint") if isinstance(first, dict) else None
@@ -167,7 +154,7 @@ class KVEventFeed:
                     logger.warning("KV events: ignoring a message of %d frames from %s", len(frames), endpoint)
                     continue
                 _topic, seq_bytes, payload = frames
-                seq = int.from_bytes(seq_bytes, "big", signed=True)
+                seq = decode_seq(seq_bytes)
                 if last_seq is not None and seq != last_seq + 1:
                     logger.warning(
                         "KV events from %s skipped from seq %d to %d; forgetting worker %s's blocks until they are stored again",
@@ -180,7 +167,7 @@ class KVEventFeed:
                 last_seq = seq
                 try:
                     self._events[worker_id].update(apply_batch(self.index, worker_id, payload))
-                except (ValueError, KeyError, TypeError) as exc:
+                except ValueError as exc:
                     logger.warning("KV events: dropping a malformed batch from %s: %s", endpoint, exc)
         finally:
             sock.close()

@@ -7,8 +7,8 @@ the atom-mesh router in front of them, sends one streaming chat request with the
 SDK, prints the answer, the workers the router used and how many prompt tokens the decode
 engine took as KV from elsewhere, then stops everything (also on Ctrl-C).
 
-It reuses the test suite's process helpers (`tests.support`) on purpose: one way to start
-and stop engines, so the demo and the tests cannot drift apart.
+It starts everything with `testbed`, the launchers the test suite uses too: one way to
+start and stop engines, so the demo and the tests cannot drift apart.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.models import build_tiny_model  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
-from tests.support.processes import EngineStartError, ManagedProcess  # noqa: E402
-from tests.support.router_process import start_router  # noqa: E402
-from tests.support.vllm_engine import atom_kv_transfer_config, external_prefix_hits, start_vllm  # noqa: E402
+from testbed.models import build_tiny_model  # noqa: E402
+from testbed.ports import free_port  # noqa: E402
+from testbed.processes import EngineStartError, ManagedProcess  # noqa: E402
+from testbed.router_process import start_router  # noqa: E402
+from testbed.vllm_engine import atom_kv_transfer_config, external_prefix_hits, start_vllm  # noqa: E402
 
 SERVED_NAME = "atom-mesh-tiny-llama"
 WORKER_HEADERS = ("x-atom-prefill-worker", "x-atom-decode-worker", "x-atom-worker")

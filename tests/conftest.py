@@ -3,7 +3,7 @@
 Engines are expensive on a 2-core CI machine, so the ones several test files use are
 shared by the session, and run only while modules that use them run. A test file that needs its own engine configuration
 (a P/D pair, a connector) starts it in a module- or session-scoped fixture of its own
-via `tests.support.vllm_engine.start_vllm` and stops it in teardown.
+via `testbed.vllm_engine.start_vllm` and stops it in teardown.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.models import build_tiny_model
-from tests.support.processes import cmdline, leftover_processes, live_processes, processes_in_session, stop_all
+from testbed.models import build_tiny_model
+from testbed.processes import cmdline, leftover_processes, live_processes, processes_in_session, stop_all
+from testbed.vllm_engine import start_vllm
 from tests.support.shared_engine import SharedEngine
-from tests.support.vllm_engine import start_vllm
 
 
 @pytest.fixture(scope="session")

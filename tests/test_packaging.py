@@ -58,7 +58,7 @@ def test_router_cli_help_imports_no_engine_and_no_server() -> None:
 
 def _repo_packages() -> list[str]:
     """Top-level packages in the repo (root and plugins/), except the non-shipped ones."""
-    not_shipped = {"tests", "benchmarks", "scripts"}
+    not_shipped = {"tests", "testbed", "benchmarks", "scripts"}
     return sorted(
         d.name
         for base in (REPO, REPO / "plugins")

@@ -1,5 +1,6 @@
-"""The shared test support works: process groups die, start failures explain themselves,
-leaks fail the session, and the tiny model is reproducible and valid for vLLM CPU."""
+"""The launchers (`testbed`) and shared test support work: process groups die, start
+failures explain themselves, leaks fail the session, the tiny model is reproducible and
+valid for vLLM CPU, and a simulated fleet starts, describes itself and stops."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.models import build_tiny_model
-from tests.support.ports import free_port
-from tests.support.processes import EngineStartError, ManagedProcess, processes_in_session
+from testbed.models import build_tiny_model
+from testbed.ports import free_port
+from testbed.processes import EngineStartError, ManagedProcess, processes_in_session
+from testbed.sim_fleet import start_fleet
 from tests.support.shared_engine import SharedEngine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,8 +120,8 @@ def test_session_passes_when_processes_are_stopped(tmp_path: Path) -> None:
     result = _inner_session(
         tmp_path,
         """
-        from tests.support.ports import free_port
-        from tests.support.processes import ManagedProcess
+        from testbed.ports import free_port
+        from testbed.processes import ManagedProcess
         def test_clean():
             port = free_port()
             with ManagedProcess(["sleep", "600"], name="s", port=port):
@@ -164,8 +167,8 @@ def test_ctrl_c_stops_managed_processes(tmp_path: Path) -> None:
             import signal, sys
             sys.path.insert(0, {str(REPO)!r})
             signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores it
-            from tests.support.ports import free_port
-            from tests.support.processes import ManagedProcess
+            from testbed.ports import free_port
+            from testbed.processes import ManagedProcess
             p = ManagedProcess(["sleep", "600"], name="s", port=free_port())
             print(p.pgid, flush=True)
             try:
@@ -214,7 +217,7 @@ def test_shared_engine_starts_lazily_and_restarts_after_release() -> None:
 
 def test_interrupted_wait_stops_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """pytest-timeout or Ctrl-C firing during start-up must not orphan the server."""
-    import tests.support.processes as processes
+    import testbed.processes as processes
 
     class Interrupted(BaseException):
         pass
@@ -229,3 +232,24 @@ def test_interrupted_wait_stops_the_process(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.undo()
     assert proc.poll() is not None
     assert processes_in_session(proc.pgid) == []
+
+
+def test_sim_fleet_starts_describes_itself_and_stops(tmp_path: Path) -> None:
+    fleet = start_fleet(tmp_path, "--prefill", "1", "--decode", "1", "--protocol", "sglang", "--time-scale", "0.1")
+    try:
+        assert fleet.pd_protocol == "sglang" and fleet.urls() == []
+        ((prefill_url, bootstrap),) = fleet.prefill_endpoints()
+        assert bootstrap and fleet.index(prefill_url) == 0 and len(fleet.urls("decode")) == 1
+        fleet.set_faults(1, error_rate=1.0)
+        with urllib.request.urlopen(f"{fleet.admin_url}/sim/workers/1/faults", timeout=10) as r:
+            assert json.load(r)["error_rate"] == 1.0
+        fleet.clear_faults()
+        assert len(fleet.stats()["workers"]) == 2
+    finally:
+        fleet.stop()
+    assert processes_in_session(fleet.proc.pgid) == []
+
+
+def test_sim_fleet_start_failure_carries_the_log_tail(tmp_path: Path) -> None:
+    with pytest.raises(EngineStartError, match="no workers"):
+        start_fleet(tmp_path)

@@ -5,7 +5,8 @@ Engines that publish KV events (vLLM's `--kv-events-config`, the simulator's
 block's engine hash, its parent's engine hash and the block's token ids; `BlockRemoved`
 the hashes that left. Engine hashes are opaque to the router (vLLM's depend on its hash
 function and seed), so the index re-keys each block by a *chain key* it computes itself
-from the token ids: key(block i) = hash((key(block i-1), tokens of block i)). A request's
+from the token ids (`router.kv_event_wire.chain_hashes`): key(block i) =
+hash((key(block i-1), tokens of block i)). A request's
 token ids give the same keys, so "how many leading blocks of this prompt does worker W
 hold" is a walk down the request's keys. Equal keys mean equal whole prefixes, as in the
 engines' own prefix caches.
@@ -19,17 +20,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 
+from router.kv_event_wire import ROOT_HASH, chain_hashes
+
 ChainKey = int
-ROOT: ChainKey = 0
-
-
-def chain_keys(token_ids: Sequence[int], block_size: int, parent: ChainKey = ROOT) -> list[ChainKey]:
-    """Chain keys of the full blocks of `token_ids` (a trailing partial block has none)."""
-    keys = []
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent = hash((parent, tuple(token_ids[start : start + block_size])))
-        keys.append(parent)
-    return keys
 
 
 class _WorkerBlocks:
@@ -70,14 +63,14 @@ class KVBlockIndex:
         blocks = self._workers.setdefault(worker_id, _WorkerBlocks())
         blocks.block_size = block_size
         if parent_block_hash is None:
-            parent = ROOT
+            parent = ROOT_HASH
         else:
             found = blocks.by_engine_hash.get((medium, parent_block_hash))
             if found is None:
                 return 0
             parent = found
-        keys = chain_keys(token_ids[: len(block_hashes) * block_size], block_size, parent)
-        for engine_hash, key in zip(block_hashes, keys):
+        keys = chain_hashes(token_ids[: len(block_hashes) * block_size], block_size, parent)
+        for engine_hash, key in zip(block_hashes, keys, strict=True):
             slot = (medium, engine_hash)
             old = blocks.by_engine_hash.get(slot)
             if old == key:
@@ -138,7 +131,7 @@ class KVBlockIndex:
         block_size = self.block_size(wanted)
         if block_size is None:
             return matched, 0
-        keys = chain_keys(token_ids, block_size)
+        keys = chain_hashes(token_ids, block_size)
         alive = set(wanted)
         for depth, key in enumerate(keys, start=1):
             alive &= self._holders.get(key, Counter()).keys()

@@ -12,7 +12,7 @@ from router.load_guard import LoadGuard
 from router.render import error_response
 from router.workers.lifecycle import WorkerManager
 from router.workers.registry import WorkerRegistry
-from tests.support.ports import free_port
+from testbed.ports import free_port
 
 ADMIN = {"Authorization": "Bearer adm"}
 

@@ -41,7 +41,7 @@ async def test_probe_reports_status_and_timeout(endpoint, session):
 
 
 async def test_probe_reports_refused_connection(session):
-    from tests.support.ports import free_port
+    from testbed.ports import free_port
 
     reason = await probe(session, f"http://127.0.0.1:{free_port()}", "/health", 2)
     assert "failed" in reason

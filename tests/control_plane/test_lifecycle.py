@@ -15,7 +15,7 @@ from router.workers.transitions import InvalidTransition, next_state
 from router.workers.transitions import LifecycleEvent as E
 from router.workers.worker import Role, Worker
 from router.workers.worker import WorkerState as S
-from tests.support.ports import free_port
+from testbed.ports import free_port
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import urllib.request
 
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
 
 
 def test_cli_serves_a_pd_fleet_and_writes_its_description(tmp_path):

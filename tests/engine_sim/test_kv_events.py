@@ -8,13 +8,13 @@ import aiohttp
 import pytest
 
 msgspec = pytest.importorskip("msgspec", reason="KV events need msgspec (the vllm extra)")
-zmq = pytest.importorskip("zmq", reason="KV events need pyzmq (the vllm extra)")
+pytest.importorskip("zmq", reason="KV events need pyzmq (the vllm extra)")
 import zmq.asyncio  # noqa: E402
 
 from engine_sim.config import EngineConfig, WorkerSpec  # noqa: E402
 from engine_sim.kv_cache import block_hashes  # noqa: E402
-from engine_sim.kv_events import END_SEQ  # noqa: E402
 from engine_sim.tokenizer import tokenize  # noqa: E402
+from router.kv_event_wire import END_SEQ  # noqa: E402
 from tests.engine_sim.conftest import running_fleet  # noqa: E402
 
 U64 = (1 << 64) - 1

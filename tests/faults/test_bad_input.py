@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.faults.harness import MODEL, Router, SimFleet, launch_router, start_fleet
+from testbed.sim_fleet import SimFleet, start_fleet
+from tests.support.fault_harness import MODEL, Router, launch_router
 
 KEY = "sekret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

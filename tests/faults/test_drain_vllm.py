@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults.harness import Tally, launch_router, run_requests
-from tests.support.processes import ManagedProcess
+from testbed.processes import ManagedProcess
+from tests.support.fault_harness import Tally, launch_router, run_requests
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(600)]
 

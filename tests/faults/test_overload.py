@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.faults.harness import Router, SimFleet, body, launch_router, start_fleet
+from testbed.sim_fleet import SimFleet, start_fleet
+from tests.support.fault_harness import Router, body, launch_router
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

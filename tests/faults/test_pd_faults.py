@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.faults.harness import Router, SimFleet, body, launch_router, run_requests, start_fleet
+from testbed.sim_fleet import SimFleet, start_fleet
+from tests.support.fault_harness import Router, body, launch_router, run_requests
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

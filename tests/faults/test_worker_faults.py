@@ -1,7 +1,7 @@
 """Fault suite, co-located workers: a real router process in front of a real `engine_sim` fleet.
 
 Each test injects one fault into worker 0 of two, sends a bounded batch of requests and
-counts how each ended (`tests.faults.harness`): every request must end in a complete
+counts how each ended (`tests.support.fault_harness`): every request must end in a complete
 answer or a clear OpenAI error, never hang past the timeout or be cut silently; the
 router's in-flight counters (GET /workers) return to zero; the faulty worker's breaker
 opens and, once the fault is lifted, recovers.
@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.faults.harness import Router, SimFleet, body, launch_router, run_requests, start_fleet
+from testbed.sim_fleet import SimFleet, start_fleet
+from tests.support.fault_harness import Router, body, launch_router, run_requests
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -26,8 +26,8 @@ from kv_connector.mooncake import MooncakeTransport
 from kv_connector.producer import KVProducer, ProducerConfig
 from kv_connector.side_channel import ReplyTo, SideChannel
 from kv_connector.transport import TransferError, Transport
+from testbed.ports import free_port
 from tests.support.kv_faults import FaultInjectingTransport, KVFaults
-from tests.support.ports import free_port
 
 LAYERS, BLOCKS, PAGE = 2, 8, 256
 

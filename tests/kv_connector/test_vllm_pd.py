@@ -23,12 +23,12 @@ import aiohttp
 import pytest
 
 from kv_connector.identity import PROTOCOL_VERSION
-from tests.kv_connector.pd_client import complete, pd_legs
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
+from testbed.router_process import start_router
+from testbed.vllm_engine import atom_kv_transfer_config, start_vllm
 from tests.support.kv_faults import KVFaults
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
-from tests.support.router_process import start_router
-from tests.support.vllm_engine import atom_kv_transfer_config, start_vllm
+from tests.support.pd_client import complete, pd_legs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from torch import nn
 from atom_models.engine import AttentionSpec
 from atom_models.families import family_for_architecture
 from atom_models.model import CausalLM
-from tests.support.models import build_tiny_model
+from testbed.models import build_tiny_model
 
 KINDS = ("llama", "qwen3", "qwen3_moe")
 

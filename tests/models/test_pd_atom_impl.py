@@ -14,12 +14,12 @@ import random
 import aiohttp
 import pytest
 
-from tests.kv_connector.pd_client import complete, pd_legs
+from testbed.models import build_tiny_model
+from testbed.ports import free_port
+from testbed.vllm_engine import start_vllm
 from tests.kv_connector.test_vllm_pd import _connector, start_producer
 from tests.support.kv_faults import KVFaults
-from tests.support.models import build_tiny_model
-from tests.support.ports import free_port
-from tests.support.vllm_engine import start_vllm
+from tests.support.pd_client import complete, pd_legs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

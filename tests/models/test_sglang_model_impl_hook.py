@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sglang.sglang_venv import run_in_sglang
-from tests.support.models import build_tiny_model
+from testbed.models import build_tiny_model
+from tests.support.sglang_venv import run_in_sglang
 
 pytestmark = pytest.mark.slow
 

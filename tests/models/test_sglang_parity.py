@@ -19,9 +19,9 @@ import pytest
 import torch
 import transformers
 
-from tests.support.models import build_tiny_model
-from tests.support.processes import ManagedProcess
-from tests.support.sglang_engine import sglang_available, start_sglang
+from testbed.models import build_tiny_model
+from testbed.processes import ManagedProcess
+from testbed.sglang_engine import sglang_available, start_sglang
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.models import build_tiny_model
-from tests.support.processes import ManagedProcess
-from tests.support.vllm_engine import start_vllm
+from testbed.models import build_tiny_model
+from testbed.processes import ManagedProcess
+from testbed.vllm_engine import start_vllm
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from atom_models.families import ARCHITECTURES
-from tests.support.models import build_tiny_model
-from tests.support.processes import EngineStartError
-from tests.support.vllm_engine import start_vllm
 from vllm_atom.model_registration import ENV_VAR, choose_impl, register_models, registrations
+
+from testbed.models import build_tiny_model
+from testbed.processes import EngineStartError
+from testbed.vllm_engine import start_vllm
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e .[vllm])")
 

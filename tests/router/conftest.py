@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from tests.router.engine_cases import CASES, Answer, Case, ask, build_prompts
-from tests.support.router_process import start_router
-from tests.support.vllm_engine import start_vllm
+from testbed.router_process import start_router
+from testbed.vllm_engine import start_vllm
+from tests.support.engine_cases import CASES, Answer, Case, ask, build_prompts
 
 
 def _settled_metrics(url: str, expected_requests: int) -> str:

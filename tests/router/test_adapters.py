@@ -10,7 +10,7 @@ from router.adapters import ADAPTERS
 from router.adapters.base import Adapter
 from router.adapters.sglang import merge_input_logprobs
 from router.config import DisaggConfig
-from tests.router.harness import loads_are_zero, make_config, pd_workers, running_router
+from tests.support.inprocess_router import loads_are_zero, make_config, pd_workers, running_router
 from tests.support.recording_upstream import (
     after,
     completion_body,

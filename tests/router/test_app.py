@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 
-from tests.router.harness import make_config, metrics_with, regular, running_router
+from tests.support.inprocess_router import make_config, metrics_with, regular, running_router
 from tests.support.recording_upstream import RecordingUpstream, json_reply, sse_reply, stream_events, upstreams
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}

@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 
-from tests.router.harness import loads_are_zero, make_config, regular, running_router
+from tests.support.inprocess_router import loads_are_zero, make_config, regular, running_router
 from tests.support.recording_upstream import sse_reply, stream_events, upstreams
 
 

@@ -12,7 +12,7 @@ import io
 import json
 
 from router.logging_setup import configure_logging
-from tests.router.harness import loads_are_zero, make_config, metrics_with, pd_workers, running_router
+from tests.support.inprocess_router import loads_are_zero, make_config, metrics_with, pd_workers, running_router
 from tests.support.recording_upstream import text_reply, upstreams
 
 SHORT = {"model": "tiny", "prompt": "hello there", "max_tokens": 4}

@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 
 from router.config import CircuitBreakerConfig, DisaggConfig
-from tests.router.harness import loads_are_zero, make_config, metrics_with, pd_workers, regular, running_router
+from tests.support.inprocess_router import loads_are_zero, make_config, metrics_with, pd_workers, regular, running_router
 from tests.support.recording_upstream import (
     hang,
     json_reply,

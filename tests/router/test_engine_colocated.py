@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.router.engine_cases import CASES, Case, assert_same
+from tests.support.engine_cases import CASES, Case, assert_same
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
-from tests.support.router_process import start_router
-from tests.support.vllm_engine import DEFAULT_READY_TIMEOUT, atom_kv_transfer_config, external_prefix_hits, start_vllm
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
+from testbed.router_process import start_router
+from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, atom_kv_transfer_config, external_prefix_hits, start_vllm
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

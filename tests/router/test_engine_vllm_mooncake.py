@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from tests.router.engine_cases import CASES, Case, ask, assert_same
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
-from tests.support.router_process import start_router
-from tests.support.vllm_engine import DEFAULT_READY_TIMEOUT, external_prefix_hits, start_vllm
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
+from testbed.router_process import start_router
+from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, external_prefix_hits, start_vllm
+from tests.support.engine_cases import CASES, Case, ask, assert_same
 
 # The first test also pays for starting the reference engine and the pair.
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -23,7 +23,8 @@ from engine_sim.tokenizer import tokenizer_json
 from router.kv_events import KVEventFeed, apply_batch
 from router.policies.kv_block_index import KVBlockIndex
 from router.workers.worker import Worker
-from tests.faults.harness import MODEL, launch_router, start_fleet
+from testbed.sim_fleet import start_fleet
+from tests.support.fault_harness import MODEL, launch_router
 from tests.support.recording_upstream import RecordingUpstream, after, json_reply
 
 BS = 4

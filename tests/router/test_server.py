@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ports import free_port
-from tests.support.processes import EngineStartError
-from tests.support.sglang_engine import REPO_ROOT, SHIMS_DIR, sglang_available, start_sglang
+from testbed import REPO_ROOT
+from testbed.ports import free_port
+from testbed.processes import EngineStartError
+from testbed.sglang_engine import SHIMS_DIR, sglang_available, start_sglang
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

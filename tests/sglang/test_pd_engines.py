@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.sglang.completions import Generation, assert_same_generation, complete
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
-from tests.support.router_process import start_router
-from tests.support.sglang_engine import SGLANG_PYTHON, sglang_available, sglang_env, start_sglang
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
+from testbed.router_process import start_router
+from testbed.sglang_engine import SGLANG_PYTHON, sglang_available, sglang_env, start_sglang
+from tests.support.completions import Generation, assert_same_generation, complete
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

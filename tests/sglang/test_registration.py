@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.sglang.sglang_venv import run_in_sglang
+from tests.support.sglang_venv import run_in_sglang
 
 pytestmark = pytest.mark.slow
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kv_connector.transport import BatchState, TransferOp, Transport
+from testbed import REPO_ROOT
 
 ENV_VAR = "ATOM_MESH_TEST_KV_FAULTS"  # the control directory, in engine processes
 SHIM_DIR = Path(__file__).parent / "kv_fault_shim"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STALL_LIMIT_S = 600.0  # a stalled write never outlives a test run
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.support.ports import free_port
+from testbed.ports import free_port
 
 
 @dataclass
@@ -120,7 +120,7 @@ def after(event: asyncio.Event | Callable[[], Awaitable[Any]], then: Reply, time
                 await asyncio.wait_for(event.wait(), timeout)
             else:
                 await asyncio.wait_for(event(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return web.Response(text="sibling leg never arrived", status=500)
         return await then(rec, req)
 
@@ -192,10 +192,10 @@ class RecordingUpstream:
             return [r for r in self.received if r.path == path]
         return [r for r in self.received if r.path not in ("/health", "/v1/models")]
 
-    async def wait_for(self, path: str, count: int = 1, timeout: float = 30.0) -> list[Recorded]:
-        """Wait until `count` requests to `path` arrived."""
+    async def wait_for(self, path: str, count: int = 1, within_s: float = 30.0) -> list[Recorded]:
+        """Wait until `count` requests to `path` arrived (at most `within_s` seconds)."""
         async with self._arrived:
-            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.requests(path)) >= count), timeout)
+            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.requests(path)) >= count), within_s)
         return self.requests(path)
 
     async def _handle(self, req: web.Request) -> web.StreamResponse:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.support.processes import ManagedProcess
+from testbed.processes import ManagedProcess
 
 
 class SharedEngine:

@@ -7,9 +7,10 @@ import random
 import pytest
 
 from router.config import PolicyConfig
+from router.kv_event_wire import chain_hashes as chain_keys
 from router.placement.types import RequestDescriptor
 from router.policies.kv_aware import KVAwarePolicy
-from router.policies.kv_block_index import KVBlockIndex, chain_keys
+from router.policies.kv_block_index import KVBlockIndex
 from router.policies.registry import create_policy
 from router.workers.worker import Worker
 
@@ -20,7 +21,9 @@ def tokens(n: int, start: int = 100) -> list[int]:
     return list(range(start, start + n))
 
 
-def store_prompt(index: KVBlockIndex, worker_id: str, prompt: list[int], *, salt: str = "", split: int | None = None) -> list[str]:
+def store_prompt(
+    index: KVBlockIndex, worker_id: str, prompt: list[int], *, salt: str = "", split: int | None = None
+) -> list[str]:
     """Store `prompt`'s full blocks as an engine would, with opaque engine hashes; optionally
     in two events (parent link through the engine hash). Returns the engine hashes."""
     n = len(prompt) // BS
@@ -90,7 +93,7 @@ def test_no_block_size_known_means_no_blocks() -> None:
 
 def workers(*loads: int) -> list[Worker]:
     ws = [Worker(f"http://10.0.1.{i}:8000", worker_id=f"w{i}") for i in range(len(loads))]
-    for w, load in zip(ws, loads):
+    for w, load in zip(ws, loads, strict=True):
         w.in_flight_requests = load
     return ws
 

@@ -2,7 +2,7 @@
 
 `MooncakeConnectorWorker.__init__` asks `torch.accelerator.current_device_index()`,
 which raises when there is no accelerator. With that one call answering device 0, the
-connector does real P/D over Mooncake TCP on CPU (see /work/shared/docs/machine.md).
+connector does real P/D over Mooncake TCP on CPU (see docs/engines-on-cpu.md).
 Put this directory on an engine's PYTHONPATH (only for engines, never the router);
 `sitecustomize` runs in every Python process the engine spawns. Torch is imported only
 when the process imports it anyway: the patch waits for it with an import hook.
@@ -11,11 +11,14 @@ when the process imports it anyway: the patch waits for it with an import hook.
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
+import types
+from collections.abc import Sequence
 
 
-def _patch(torch) -> None:  # type: ignore[no-untyped-def]
+def _patch(torch: types.ModuleType) -> None:
     accel = getattr(torch, "accelerator", None)
     if accel is not None and not accel.is_available():
         accel.current_device_index = lambda: 0
@@ -30,7 +33,9 @@ class _AfterTorch(importlib.abc.MetaPathFinder):
 
     _busy = False
 
-    def find_spec(self, name, path, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if name != "torch" or self._busy:
             return None
         self._busy = True
@@ -42,7 +47,7 @@ class _AfterTorch(importlib.abc.MetaPathFinder):
             return spec
         exec_module = spec.loader.exec_module
 
-        def exec_then_patch(module) -> None:  # type: ignore[no-untyped-def]
+        def exec_then_patch(module: types.ModuleType) -> None:
             exec_module(module)
             _patch(module)
             if self in sys.meta_path:

@@ -1,4 +1,4 @@
-"""Server processes that tests start and must never leave behind.
+"""Server processes that tests, benchmarks and the demo start and must never leave behind.
 
 Each `ManagedProcess` runs in its own session (so its own process group): engines fork
 helpers (vLLM's engine core, workers), and killing the group is the only way to stop
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-logger = logging.getLogger("atom_mesh.tests.processes")
+logger = logging.getLogger("atom_mesh.testbed")
 
 _live: set[ManagedProcess] = set()
 # Re-entrant: the signal handler may run stop_all() while this thread holds the lock.

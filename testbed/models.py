@@ -1,8 +1,8 @@
-"""Tiny random-weight models built offline, for real engines in tests and the demo.
+"""Tiny random-weight models built offline, for real engines in tests, benchmarks and the demo.
 
 No model can be downloaded here, so we build one: a byte-level BPE tokenizer trained on a
 fixed corpus plus a seeded random-weight Hugging Face model saved with `save_pretrained`.
-Facts that shape it (see /work/shared/docs/machine.md):
+Facts that shape it (see docs/engines-on-cpu.md):
 - vLLM's CPU attention rejects head_dim 16; head_dim 64 works.
 - `vocab_size` must equal the tokenizer's size: ids past the tokenizer decode to '' and
   would make text comparisons pass trivially.
@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from testbed import REPO_ROOT
+
 # Bump when the build procedure changes in a way the hashed inputs do not capture.
 _BUILDER_VERSION = 1
 _SEED = 1234

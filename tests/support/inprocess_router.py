@@ -17,7 +17,7 @@ import uvicorn
 
 from router.app import RouterService, create_app
 from router.config import HealthCheckConfig, RetryConfig, RouterConfig, WorkerSpec
-from tests.support.ports import free_port
+from testbed.ports import free_port
 
 
 class _Server(uvicorn.Server):

@@ -1,5 +1,5 @@
-"""Fault-suite harness: a real `engine_sim` fleet process, a real router process, and a client
-that classifies every request's ending.
+"""Fault-suite harness: a real router process with admin helpers, and a client that
+classifies every request's ending. (The simulated fleet behind it is `testbed.sim_fleet`.)
 
 Every request in the fault suite must end as one of:
 - `ok`: a complete answer (JSON with choices, or an SSE stream ending in `[DONE]`);
@@ -14,71 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
-from tests.support.router_process import start_router
+from testbed.processes import ManagedProcess
+from testbed.router_process import start_router
 
 MODEL = "sim-model"
-
-
-@dataclass
-class SimFleet:
-    """A running `python -m engine_sim` fleet and its admin API."""
-
-    proc: ManagedProcess
-    admin_url: str
-    workers: list[dict[str, Any]]
-
-    def urls(self, role: str = "regular") -> list[str]:
-        return [w["url"] for w in self.workers if w["role"] == role]
-
-    def index(self, url: str) -> int:
-        return next(w["index"] for w in self.workers if w["url"] == url)
-
-    def set_faults(self, index: int, **knobs: Any) -> None:
-        r = httpx.post(f"{self.admin_url}/sim/workers/{index}/faults", json=knobs, timeout=10)
-        r.raise_for_status()
-
-    def clear_faults(self) -> None:
-        for w in self.workers:
-            self.set_faults(
-                w["index"], error_rate=0.0, hang_rate=0.0, spike_rate=0.0, die_after_tokens=None, unhealthy=False, listening=True
-            )
-
-    def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.admin_url}/sim/stats", timeout=10).json()
-
-    def stop(self) -> None:
-        self.proc.stop()
-
-
-def start_fleet(tmp_dir: Path, *args: str) -> SimFleet:
-    """Start a fleet (`args` are engine_sim flags, e.g. "--regular", "2") and read its description."""
-    admin_port = free_port()
-    fleet_file = tmp_dir / f"fleet-{admin_port}.json"
-    cmd = [sys.executable, "-m", "engine_sim", "--admin-port", str(admin_port), "--fleet-file", str(fleet_file), *args]
-    proc = ManagedProcess(cmd, name="engine-sim", port=admin_port)
-    try:
-        proc.wait_http_ready("/health", timeout=60)
-        for _ in range(600):  # the file is written right after every worker listens
-            if fleet_file.exists():
-                break
-            time.sleep(0.05)
-        desc = json.loads(fleet_file.read_text())
-    except BaseException:
-        proc.stop()
-        raise
-    return SimFleet(proc, desc["admin_url"], desc["workers"])
 
 
 @dataclass
@@ -176,7 +123,7 @@ async def call(
     """Send one request and classify how it ended (see the module docstring)."""
     try:
         return await asyncio.wait_for(_call(client, payload, route, disconnect_after_chunks), client_timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Outcome("hung", detail=f"no ending within {client_timeout}s")
 
 
@@ -247,9 +194,10 @@ async def run_requests(
 
         async def one(p: dict[str, Any]) -> None:
             async with sem:
-                tally.outcomes.append(
-                    await call(client, p, route=route, client_timeout=client_timeout, disconnect_after_chunks=disconnect_after_chunks)
+                outcome = await call(
+                    client, p, route=route, client_timeout=client_timeout, disconnect_after_chunks=disconnect_after_chunks
                 )
+                tally.outcomes.append(outcome)
 
         await asyncio.gather(*(one(p) for p in payloads))
     return tally

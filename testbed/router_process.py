@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
 
 
 def start_router(

@@ -14,7 +14,7 @@ from typing import Any
 
 from openai import OpenAI
 
-from tests.support.models import _CORPUS
+from testbed.models import _CORPUS
 
 MAX_TOKENS = 12
 ROUTES = ("chat", "completions")
@@ -95,5 +95,5 @@ def assert_same(got: Answer, want: Answer) -> None:
     assert got.token_ids == want.token_ids
     assert got.text == want.text
     assert len(got.logprobs) == len(want.logprobs) == MAX_TOKENS
-    for g, w in zip(got.logprobs, want.logprobs):
+    for g, w in zip(got.logprobs, want.logprobs, strict=True):
         assert math.isclose(g, w, rel_tol=1e-3, abs_tol=1e-3), (got.logprobs, want.logprobs)

@@ -1,4 +1,4 @@
-"""Free TCP ports for test servers (never fixed ports: several suites share this machine)."""
+"""Free TCP ports for the servers we start (never fixed ports: several suites share a machine)."""
 
 from __future__ import annotations
 

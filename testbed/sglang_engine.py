@@ -1,7 +1,7 @@
 """Start a real SGLang CPU server (`python -m sglang.launch_server`) on a free port.
 
 SGLang lives in its own venv (`.venv-sglang`, built by scripts/setup_sglang.sh) so its
-pins never touch the vLLM venv. How it runs on this machine (/work/shared/docs/machine.md):
+pins never touch the vLLM venv. How it runs on a CPU-only machine (docs/engines-on-cpu.md):
 CPU engine, torch-native attention, no CUDA graphs, and the test-only shims in
 `tests/support/sglang_shims` on PYTHONPATH (torchvision stub, sgl_kernel tolerance).
 The atom-mesh plugin is loaded by SGLang itself through the `sglang.srt.plugins` entry
@@ -14,13 +14,14 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support.ports import free_port
-from tests.support.processes import ManagedProcess
+from testbed import REPO_ROOT
+from testbed.ports import free_port
+from testbed.processes import ManagedProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SGLANG_VENV = Path(os.environ.get("ATOM_MESH_SGLANG_VENV", REPO_ROOT / ".venv-sglang"))
 SGLANG_PYTHON = SGLANG_VENV / "bin" / "python"
-SHIMS_DIR = Path(__file__).resolve().parent / "sglang_shims"
+# Test-only shims, kept with the tests; engines started from here get them by path.
+SHIMS_DIR = REPO_ROOT / "tests" / "support" / "sglang_shims"
 # One scheduler loads in ~30-60 s here; two at once on a busy 2-core machine take longer.
 DEFAULT_READY_TIMEOUT = 900.0
 

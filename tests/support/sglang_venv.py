@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.sglang_engine import SGLANG_PYTHON, sglang_available, sglang_env
+from testbed.sglang_engine import SGLANG_PYTHON, sglang_available, sglang_env
 
 
 def run_in_sglang(code: str, *, timeout: float = 300) -> tuple[dict[str, Any], str]:
