@@ -59,7 +59,7 @@ def _receiver(conn, total_mib: int) -> None:
                 got += sock.recv_into(view[got:], kv.nbytes - got)
             conn.send("ok")
         elif cmd == "checksum":
-            conn.send(int(kv[:: 4099].astype(np.uint64).sum()))
+            conn.send(int(kv[::4099].astype(np.uint64).sum()))
     sock.close()
     server.close()
     t.close()
@@ -112,11 +112,11 @@ def run(total_mib: int = 256, repeat: int = 3) -> list[dict]:
             rows.append({"name": name, "seconds": statistics.median(times), "bytes": nbytes})
         parent.send("checksum")
         expected_dst = np.zeros_like(src)
-        for s, d in zip(ids, shuffled):  # the last pushed shape wrote block s into d
+        for s, d in zip(ids, shuffled, strict=True):  # the last pushed shape wrote block s into d
             for layer in range(layers):
                 base = layer * blocks * PAGE
                 expected_dst[base + d * PAGE : base + (d + 1) * PAGE] = src[base + s * PAGE : base + (s + 1) * PAGE]
-        if parent.recv() != int(expected_dst[:: 4099].astype(np.uint64).sum()):
+        if parent.recv() != int(expected_dst[::4099].astype(np.uint64).sum()):
             raise RuntimeError("the receiver's buffer does not hold the pushed pages")
         times = []
         for _ in range(repeat + 1):
@@ -142,7 +142,9 @@ def format_table(rows: list[dict]) -> str:
     base = rows[-1]["gbps"]
     lines = [f"{'shape':52} {'MiB':>6} {'ms':>8} {'GB/s':>7} {'vs loopback':>11}"]
     for r in rows:
-        lines.append(f"{r['name']:52} {r['bytes'] / 2**20:6.0f} {r['seconds'] * 1e3:8.1f} {r['gbps']:7.2f} {r['gbps'] / base:10.0%}")
+        lines.append(
+            f"{r['name']:52} {r['bytes'] / 2**20:6.0f} {r['seconds'] * 1e3:8.1f} {r['gbps']:7.2f} {r['gbps'] / base:10.0%}"
+        )
     return "\n".join(lines)
 
 

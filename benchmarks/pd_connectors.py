@@ -62,9 +62,14 @@ class Pair:
                 raise SystemExit(f"missing {CPU_SHIM}/sitecustomize.py: the CPU shim the in-tree MooncakeConnector needs")
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CPU_SHIM), os.environ.get("PYTHONPATH")]))
             self.bootstrap = free_port()
+
             def cfg(role: str) -> dict:
-                return {"kv_connector": "MooncakeConnector", "kv_role": role,
-                        "kv_connector_extra_config": {"mooncake_protocol": "tcp"}}
+                return {
+                    "kv_connector": "MooncakeConnector",
+                    "kv_role": role,
+                    "kv_connector_extra_config": {"mooncake_protocol": "tcp"},
+                }
+
             p_cfg, d_cfg = cfg("kv_producer"), cfg("kv_consumer")
             p_env = {**env, "VLLM_MOONCAKE_BOOTSTRAP_PORT": str(self.bootstrap)}
             d_env = {**env, "VLLM_MOONCAKE_BOOTSTRAP_PORT": str(free_port())}
@@ -92,10 +97,24 @@ class Pair:
             params = pre["kv_transfer_params"]
             return await _stream(session, self.d.url, {**body, "stream": True, "kv_transfer_params": params}, start)
         tid = uuid.uuid4().hex
-        prefill = _post(session, self.p.url, {**body, "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True, "transfer_id": tid}})
-        decode = _stream(session, self.d.url, {**body, "stream": True, "kv_transfer_params": {
-            "do_remote_prefill": True, "transfer_id": tid, "remote_engine_id": self.remote_engine_id,
-            "remote_bootstrap_addr": f"http://127.0.0.1:{self.bootstrap}"}}, start)
+        prefill = _post(
+            session, self.p.url, {**body, "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True, "transfer_id": tid}}
+        )
+        decode = _stream(
+            session,
+            self.d.url,
+            {
+                **body,
+                "stream": True,
+                "kv_transfer_params": {
+                    "do_remote_prefill": True,
+                    "transfer_id": tid,
+                    "remote_engine_id": self.remote_engine_id,
+                    "remote_bootstrap_addr": f"http://127.0.0.1:{self.bootstrap}",
+                },
+            },
+            start,
+        )
         _, result = await asyncio.gather(prefill, decode)
         return result
 
@@ -140,7 +159,11 @@ async def measure(name: str, model: Path, prompts: list[list[int]], max_tokens: 
                     print(f"{name}: request failed: {e}", file=sys.stderr)
                     failed += 1
                     continue
-                ref = await _post(s, pair.p.url, {"model": str(model), "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True})
+                ref = await _post(
+                    s,
+                    pair.p.url,
+                    {"model": str(model), "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True},
+                )
                 wrong += tokens != ref["choices"][0]["token_ids"]
                 ttfts.append(ttft)
             sem = asyncio.Semaphore(concurrency)
@@ -185,13 +208,21 @@ def main() -> None:
     rows = [asyncio.run(measure(n, model, prompts, args.max_tokens, args.concurrency)) for n in ("atom", "mooncake-in-tree")]
     transfer = transfer_run(args.transfer_mib)
     atom, intree = rows
-    print(f"\n# P/D connectors, {datetime.date.today()}, {platform.node()} ({os.cpu_count()} CPUs), "
-          f"{args.prompts} prompts x {args.prompt_len} tokens, {args.max_tokens} new tokens, concurrency {args.concurrency}")
+    print(
+        f"\n# P/D connectors, {datetime.date.today()}, {platform.node()} ({os.cpu_count()} CPUs), "
+        f"{args.prompts} prompts x {args.prompt_len} tokens, {args.max_tokens} new tokens, concurrency {args.concurrency}"
+    )
     print(f"{'connector':20} {'TTFT p50 ms':>12} {'TTFT mean ms':>13} {'tok/s':>8} {'req/s':>7} {'wrong':>6} {'failed':>7}")
     for r in rows:
-        print(f"{r['name']:20} {r['ttft_p50_ms']:12.1f} {r['ttft_mean_ms']:13.1f} {r['tok_per_s']:8.1f} {r['req_per_s']:7.2f} {r['wrong']:6d} {r['failed']:7d}")
-    print(f"{'atom / in-tree':20} {atom['ttft_p50_ms'] / intree['ttft_p50_ms']:12.2f} {atom['ttft_mean_ms'] / intree['ttft_mean_ms']:13.2f} "
-          f"{atom['tok_per_s'] / intree['tok_per_s']:8.2f} {atom['req_per_s'] / intree['req_per_s']:7.2f}")
+        print(
+            f"{r['name']:20} {r['ttft_p50_ms']:12.1f} {r['ttft_mean_ms']:13.1f} {r['tok_per_s']:8.1f} "
+            f"{r['req_per_s']:7.2f} {r['wrong']:6d} {r['failed']:7d}"
+        )
+    print(
+        f"{'atom / in-tree':20} {atom['ttft_p50_ms'] / intree['ttft_p50_ms']:12.2f} "
+        f"{atom['ttft_mean_ms'] / intree['ttft_mean_ms']:13.2f} "
+        f"{atom['tok_per_s'] / intree['tok_per_s']:8.2f} {atom['req_per_s'] / intree['req_per_s']:7.2f}"
+    )
     print(f"\n# Raw KV transfer, {args.transfer_mib} MiB, 64 KiB pages, 2 processes on loopback")
     print(transfer_table(transfer))
 

@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     _add_dataclass_flags(p.add_argument_group("Timing and KV cache model"), EngineConfig, EngineConfig())
-    _add_dataclass_flags(p.add_argument_group("Faults (every worker; change per worker with POST /sim/faults)"), FaultConfig, FaultConfig())
+    _add_dataclass_flags(
+        p.add_argument_group("Faults (every worker; change per worker with POST /sim/faults)"), FaultConfig, FaultConfig()
+    )
     p.add_argument_group("Faults").add_argument(
         "--worker-faults", default=None, metavar="JSON", help='Per-worker overrides, e.g. \'{"1": {"error_rate": 0.5}}\'.'
     )
@@ -115,7 +117,7 @@ def specs_from_args(args: argparse.Namespace) -> list[WorkerSpec]:
         try:
             overrides = json.loads(args.worker_faults)
         except json.JSONDecodeError as exc:
-            raise SystemExit(f"atom-engine-sim: --worker-faults is not JSON: {exc}")
+            raise SystemExit(f"atom-engine-sim: --worker-faults is not JSON: {exc}") from None
     specs = []
     prefill_seen = 0
     for i, role in enumerate(roles):
@@ -136,7 +138,7 @@ def specs_from_args(args: argparse.Namespace) -> list[WorkerSpec]:
                 )
             )
         except (ValueError, TypeError) as exc:
-            raise SystemExit(f"atom-engine-sim: worker {i}: {exc}")
+            raise SystemExit(f"atom-engine-sim: worker {i}: {exc}") from None
     return specs
 
 
@@ -144,7 +146,15 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     try:
         return EngineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig)})
     except ValueError as exc:
-        raise SystemExit(f"atom-engine-sim: {exc}")
+        raise SystemExit(f"atom-engine-sim: {exc}") from None
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write `path` so that a reader sees the whole file or none (the harness polls for it)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -171,10 +181,7 @@ async def serve(args: argparse.Namespace) -> None:
             if not worker.faults.listening:
                 await worker.set_listening(False)
         if args.fleet_file:
-            tmp = f"{args.fleet_file}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(description, f, indent=2)
-            os.replace(tmp, args.fleet_file)
+            await asyncio.to_thread(_write_atomically, args.fleet_file, json.dumps(description, indent=2))
         print("READY " + json.dumps(description), flush=True)
         await stop.wait()
     finally:

@@ -118,9 +118,7 @@ def _completion_prompt(body: dict[str, Any]) -> list[int]:
         return tokenize(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         return list(prompt)  # token ids
-    raise RequestError(
-        400, "'prompt' must be a string, a list of token ids, or a list holding one of those", "prompt"
-    )
+    raise RequestError(400, "'prompt' must be a string, a list of token ids, or a list holding one of those", "prompt")
 
 
 def _chat_prompt(body: dict[str, Any]) -> list[int]:
@@ -202,4 +200,11 @@ class ResponseShape:
 
     def usage_chunk(self, usage_: dict[str, Any]) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return {"id": self.request_id, "object": obj, "created": self.created, "model": self.model, "choices": [], "usage": usage_}
+        return {
+            "id": self.request_id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage_,
+        }

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TransferHub:
         self._waiters.setdefault(key, []).append(fut)
         try:
             return await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise KVTimeoutError(f"no prefill published KV for {key!r} within {timeout_s:g}s") from None
         finally:
             waiters = self._waiters.get(key)

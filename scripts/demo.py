@@ -105,7 +105,7 @@ def run(max_tokens: int, connector: str) -> None:
             how = f"vLLM's ExampleConnector, files in {kv_dir}"
         _say(f"starting vLLM prefill and decode engines (KV: {how}); this takes a minute or two")
         t0 = time.monotonic()
-        for role, kv_config in zip(("prefill", "decode"), configs):
+        for role, kv_config in zip(("prefill", "decode"), configs, strict=True):
             started.append(
                 start_vllm(
                     model,
@@ -136,10 +136,10 @@ def run(max_tokens: int, connector: str) -> None:
         _say(f"KV handed over: the decode engine took {_external_kv_tokens(decode)} prompt tokens' KV from prefill")
     except EngineStartError as err:
         _say(f"a server failed to start:\n{err}")
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         _say("interrupted")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     finally:
         for proc in reversed(started):
             proc.stop()

@@ -53,7 +53,10 @@ async def test_completion_json_and_stream_agree(http):
 async def test_chat_shapes(http):
     async with running_fleet(WorkerSpec()) as fleet:
         url = fleet.workers[0].url
-        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi there"}]}]
+        messages = [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi there"}]},
+        ]
         async with http.post(f"{url}/v1/chat/completions", json={"messages": messages, "max_completion_tokens": 4}) as r:
             body = await r.json()
         assert body["object"] == "chat.completion"
@@ -118,7 +121,7 @@ async def test_models_metrics_and_info(http):
             "sglang:num_running_reqs{",
         ):
             assert name in text
-        assert f'vllm:prompt_tokens_total{{model_name="my-model"' in text
+        assert 'vllm:prompt_tokens_total{model_name="my-model"' in text
         async with http.get(f"{url}/health") as r:
             assert r.status == 200
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-
-from atom_models.families import ARCHITECTURES, UnsupportedConfigError, family_for_architecture, qwen3_moe_config
-from atom_models.families import RopeConfig, llama_config, qwen3_config
+from atom_models.families import (
+    ARCHITECTURES,
+    RopeConfig,
+    UnsupportedConfigError,
+    family_for_architecture,
+    llama_config,
+    qwen3_config,
+    qwen3_moe_config,
+)
 from atom_models.layers import rope_inv_freq
 from atom_models.weights import map_hf_name
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from safetensors.torch import load_file
-from torch import nn
-
 from atom_models.engine import AttentionSpec
 from atom_models.families import family_for_architecture
 from atom_models.model import CausalLM
+from safetensors.torch import load_file
+from torch import nn
+
 from testbed.models import build_tiny_model
 
 KINDS = ("llama", "qwen3", "qwen3_moe")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from atom_models import ops
 from atom_models.ops.selection import OpSelectionError, OpSpec, aiter_status, choose_backends, parse_spec
 

@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-
 from atom_models.ops import torch_ops
 
 ATOL = 2e-5

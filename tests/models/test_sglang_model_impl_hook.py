@@ -40,7 +40,7 @@ print(json.dumps({"atom": resolve("atom"), "auto": resolve("auto"), "unsupported
 
 def test_model_impl_atom_resolves_to_our_class_and_others_are_untouched() -> None:
     model_dir = build_tiny_model("qwen3")
-    code = "import sys; sys.argv = ['x', %r]\n" % str(model_dir) + _SNIPPET
+    code = f"import sys; sys.argv = ['x', {str(model_dir)!r}]\n" + _SNIPPET
     result, _ = run_in_sglang(code)
     assert result["atom"] == ["sglang_atom.model_impl.AtomForCausalLM", "AtomQwen3ForCausalLM"]
     assert result["auto"] == ["sglang.srt.models.qwen3.Qwen3ForCausalLM", "Qwen3ForCausalLM"]

@@ -49,7 +49,8 @@ def _complete(proc: ManagedProcess, model_dir: Path) -> list[dict]:
     for choice in choices:
         prompt_ids = choice["prompt_token_ids"]
         # prompt_logprobs[i] maps token id -> info and always includes the prompt's own token.
-        prompt_lps = [entry[str(tok)]["logprob"] for tok, entry in zip(prompt_ids[1:], choice["prompt_logprobs"][1:])]
+        pairs = zip(prompt_ids[1:], choice["prompt_logprobs"][1:], strict=True)
+        prompt_lps = [entry[str(tok)]["logprob"] for tok, entry in pairs]
         results.append(
             {
                 "prompt_ids": prompt_ids,

@@ -41,7 +41,13 @@ def test_every_backend_name_loads_its_adapter() -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_vllm_serial_prefill_then_decode_with_returned_params(stream: bool) -> None:
-    params = {"do_remote_prefill": True, "remote_block_ids": [1, 2], "remote_engine_id": "E", "remote_host": "h", "remote_port": 5}
+    params = {
+        "do_remote_prefill": True,
+        "remote_block_ids": [1, 2],
+        "remote_engine_id": "E",
+        "remote_host": "h",
+        "remote_port": 5,
+    }
     async with upstreams("p", "d") as (p, d):
         config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="vllm", disagg=ALWAYS_PAIR)
         async with running_router(config) as router:
@@ -74,7 +80,10 @@ async def test_vllm_serial_prefill_client_error_is_returned_not_retried() -> Non
     async with upstreams("p", "d") as (p, d):
         config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="vllm", disagg=ALWAYS_PAIR)
         async with running_router(config) as router:
-            p.script("/v1/completions", json_reply({"error": {"message": "prompt too long", "type": "BadRequestError", "code": 400}}, 400))
+            p.script(
+                "/v1/completions",
+                json_reply({"error": {"message": "prompt too long", "type": "BadRequestError", "code": 400}}, 400),
+            )
             resp = await router.post("/v1/completions", COMPLETION)
             assert resp.status == 400
             err = (await resp.json())["error"]
@@ -89,17 +98,18 @@ async def test_vllm_serial_prefill_client_error_is_returned_not_retried() -> Non
 async def test_vllm_mooncake_concurrent_legs_share_transfer_id() -> None:
     async with upstreams("p", "d", "bootstrap") as (p, d, boot):
         boot.set_default("/query", json_reply({"0": {"engine_id": "engine-P", "worker_addr": {"0": {"0": "x"}}}}))
-        config = make_config(
-            workers=pd_workers([(p.url, boot.port)], [d.url]), backend="vllm-mooncake", disagg=ALWAYS_PAIR
-        )
+        config = make_config(workers=pd_workers([(p.url, boot.port)], [d.url]), backend="vllm-mooncake", disagg=ALWAYS_PAIR)
         async with running_router(config) as router:
             for _ in range(2):
                 # Prefill answers only once decode's leg arrived: a serial router would deadlock.
-                p.script("/v1/completions", after(lambda: d.wait_for("/v1/completions", len(p.requests())), json_reply(completion_body(chat=False))))
+                p.script(
+                    "/v1/completions",
+                    after(lambda: d.wait_for("/v1/completions", len(p.requests())), json_reply(completion_body(chat=False))),
+                )
                 resp = await router.post("/v1/completions", COMPLETION)
                 assert resp.status == 200, await resp.text()
             p_recs, d_recs = p.requests(), d.requests()
-            for p_rec, d_rec in zip(p_recs, d_recs):
+            for p_rec, d_rec in zip(p_recs, d_recs, strict=True):
                 tid = p_rec.json["kv_transfer_params"]["transfer_id"]
                 assert p_rec.json["kv_transfer_params"] == {"do_remote_decode": True, "transfer_id": tid}
                 assert p_rec.json["max_tokens"] == 1 and p_rec.json["stream"] is False
@@ -120,9 +130,7 @@ async def test_vllm_mooncake_concurrent_legs_share_transfer_id() -> None:
 async def test_vllm_mooncake_prefill_failure_cancels_decode() -> None:
     async with upstreams("p", "d", "bootstrap") as (p, d, boot):
         boot.set_default("/query", json_reply({"0": {"engine_id": "engine-P"}}))
-        config = make_config(
-            workers=pd_workers([(p.url, boot.port)], [d.url]), backend="vllm-mooncake", disagg=ALWAYS_PAIR
-        )
+        config = make_config(workers=pd_workers([(p.url, boot.port)], [d.url]), backend="vllm-mooncake", disagg=ALWAYS_PAIR)
         config.retry.enabled = False
         async with running_router(config) as router:
             d.script("/v1/completions", hang())
@@ -143,7 +151,9 @@ async def test_sglang_room_shared_and_legs_concurrent() -> None:
     async with upstreams("p", "d") as (p, d):
         config = make_config(workers=pd_workers([(p.url, 8998)], [d.url]), backend="sglang")
         async with running_router(config) as router:
-            p.script("/v1/chat/completions", after(lambda: d.wait_for("/v1/chat/completions"), json_reply(completion_body(chat=True))))
+            p.script(
+                "/v1/chat/completions", after(lambda: d.wait_for("/v1/chat/completions"), json_reply(completion_body(chat=True)))
+            )
             resp = await router.post("/v1/chat/completions", {**CHAT, "stream": True})
             assert resp.status == 200
             assert (await resp.read()).endswith(b"data: [DONE]\n\n")
@@ -192,7 +202,10 @@ async def test_sglang_merges_prefill_input_logprobs_when_asked() -> None:
         config = make_config(workers=pd_workers([(p.url, None)], [d.url]), backend="sglang")
         async with running_router(config) as router:
             p.script("/v1/completions", json_reply({"meta_info": {"input_token_logprobs": [[-1.0, 5], [-2.0, 6]]}}))
-            d.script("/v1/completions", json_reply({"text": "x", "meta_info": {"input_token_logprobs": [], "output_token_logprobs": [[-0.5, 9]]}}))
+            d.script(
+                "/v1/completions",
+                json_reply({"text": "x", "meta_info": {"input_token_logprobs": [], "output_token_logprobs": [[-0.5, 9]]}}),
+            )
             resp = await router.post("/v1/completions", {**COMPLETION, "return_logprob": True})
             body = await resp.json()
             assert body["meta_info"]["input_token_logprobs"] == [[-1.0, 5], [-2.0, 6]]

@@ -98,7 +98,9 @@ def test_cached_prefix_goes_to_the_engine_that_holds_it(fleet, tiny_llama: Path)
         # The engine reports the prompt's 2 full blocks; wait until the router indexed them.
         _wait_for(
             "the holder's blocks reached the router's index",
-            lambda: _metric(router, "atom_mesh_kv_indexed_blocks", worker_id=ids[holder]) >= blocks_before[holder] + 2,
+            lambda holder=holder, before=blocks_before: (
+                _metric(router, "atom_mesh_kv_indexed_blocks", worker_id=ids[holder]) >= before[holder] + 2
+            ),
             router,
         )
         hits_before = _metric(router, "atom_mesh_placements_total", policy="kv_aware", reason="kv_hit")

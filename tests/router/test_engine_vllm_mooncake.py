@@ -43,14 +43,22 @@ def mooncake_pair(tiny_llama: Path) -> Iterator[dict[str, ManagedProcess]]:
     try:
         procs["prefill"] = start_vllm(
             tiny_llama,
-            kv_transfer_config={"kv_connector": "MooncakeConnector", "kv_role": "kv_producer", "kv_connector_extra_config": extra},
+            kv_transfer_config={
+                "kv_connector": "MooncakeConnector",
+                "kv_role": "kv_producer",
+                "kv_connector_extra_config": extra,
+            },
             env=_engine_env(bootstrap_port),
             wait=False,
             name="vllm-mooncake-prefill",
         )
         procs["decode"] = start_vllm(
             tiny_llama,
-            kv_transfer_config={"kv_connector": "MooncakeConnector", "kv_role": "kv_consumer", "kv_connector_extra_config": extra},
+            kv_transfer_config={
+                "kv_connector": "MooncakeConnector",
+                "kv_role": "kv_consumer",
+                "kv_connector_extra_config": extra,
+            },
             env=_engine_env(free_port()),
             wait=False,
             name="vllm-mooncake-decode",

@@ -79,8 +79,15 @@ def test_apply_batch_reads_vllm_events_and_refuses_garbage() -> None:
     batch = [
         1.0,
         [
-            {"type": "BlockStored", "block_hashes": [b"\x01", b"\x02"], "parent_block_hash": None,
-             "token_ids": PROMPT[:8], "block_size": BS, "lora_id": None, "medium": "GPU"},
+            {
+                "type": "BlockStored",
+                "block_hashes": [b"\x01", b"\x02"],
+                "parent_block_hash": None,
+                "token_ids": PROMPT[:8],
+                "block_size": BS,
+                "lora_id": None,
+                "medium": "GPU",
+            },
             {"type": "BlockRemoved", "block_hashes": [b"\x02"], "medium": "GPU"},
             {"type": "SomethingNew"},
         ],
@@ -109,15 +116,24 @@ def test_kv_aware_router_over_a_simulated_fleet_routes_text_prompts_to_their_hol
     router = None
     try:
         router = launch_router(
-            "--policy", "kv_aware", "--tokenizer-path", str(tokenizer), "--worker-urls", *fleet.urls(),
-            "--worker-startup-check-interval", "0.2", request_timeout=30,
+            "--policy",
+            "kv_aware",
+            "--tokenizer-path",
+            str(tokenizer),
+            "--worker-urls",
+            *fleet.urls(),
+            "--worker-startup-check-interval",
+            "0.2",
+            request_timeout=30,
         )
         router.wait_all_ready()
         ids = {w["url"]: w["id"] for w in router.workers()}
 
         def blocks(worker_id: str) -> float:
             text = httpx.get(f"{router.url}/metrics", timeout=10).text
-            line = next((x for x in text.splitlines() if x.startswith(f'atom_mesh_kv_indexed_blocks{{worker_id="{worker_id}"}}')), None)
+            line = next(
+                (x for x in text.splitlines() if x.startswith(f'atom_mesh_kv_indexed_blocks{{worker_id="{worker_id}"}}')), None
+            )
             return float(line.split()[-1]) if line else 0.0
 
         def complete(prompt: str) -> str:

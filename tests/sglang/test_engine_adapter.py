@@ -9,8 +9,6 @@ from __future__ import annotations
 import ctypes
 
 import pytest
-
-from kv_connector.transport import TransferError, TransportUnavailable, create_transport
 from sglang_atom.engine_adapter import (
     KVConnectorEngine,
     Region,
@@ -18,6 +16,8 @@ from sglang_atom.engine_adapter import (
     decode_session,
     encode_session,
 )
+
+from kv_connector.transport import TransferError, TransportUnavailable, create_transport
 
 
 def test_region_map_resolves_addresses_inside_a_region_only() -> None:

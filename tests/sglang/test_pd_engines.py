@@ -131,7 +131,9 @@ def test_pd_through_atom_router_equals_colocated(
         assert_same_generation(got, reference[(name, stream)], f"{name} prompt via atom-router")
 
 
-def test_tampered_kv_changes_decode_output(atom_router: ManagedProcess, pd_pair: PDPair, model_name: str, reference: dict) -> None:
+def test_tampered_kv_changes_decode_output(
+    atom_router: ManagedProcess, pd_pair: PDPair, model_name: str, reference: dict
+) -> None:
     """Decode's answer depends on the bytes the transfer moved: corrupt them, the answer changes."""
     want = reference[("long", False)]
     pd_pair.tamper_flag.touch()

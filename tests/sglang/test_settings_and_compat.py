@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sglang_atom.compat import missing_internals, version_problem
 from sglang_atom.settings import BackendSettings, bootstrap_port_problem
 

@@ -17,7 +17,7 @@ class _Unavailable:
             "vision models need a real torchvision built for this torch"
         )
 
-    def __getattr__(self, item: str) -> "_Unavailable":
+    def __getattr__(self, item: str) -> _Unavailable:
         return _Unavailable(f"{self._name}.{item}")
 
 
