@@ -28,7 +28,7 @@ from testbed.processes import ManagedProcess
 from testbed.router_process import start_router
 from testbed.vllm_engine import atom_kv_transfer_config, start_vllm
 from tests.support.kv_faults import KVFaults
-from tests.support.pd_client import complete, pd_legs
+from tests.support.pd_client import complete, greedy_body, pd_legs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -100,15 +100,7 @@ def _prompt(length: int, seed: int) -> list[int]:
 
 
 def _body(model: str, prompt: list[int], stream: bool) -> dict:
-    return {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
-        "logprobs": 1,
-        "return_token_ids": True,
-        "stream": stream,
-    }
+    return greedy_body(model, prompt, MAX_TOKENS, stream=stream)
 
 
 async def _reference(session, p_url: str, body: dict):

@@ -19,7 +19,7 @@ from testbed.ports import free_port
 from testbed.vllm_engine import start_vllm
 from tests.kv_connector.test_vllm_pd import _connector, start_producer
 from tests.support.kv_faults import KVFaults
-from tests.support.pd_client import complete, pd_legs
+from tests.support.pd_client import complete, greedy_body, pd_legs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -51,15 +51,7 @@ def atom_pd_pair(tmp_path_factory):
 
 def _body(model: str, length: int, seed: int) -> dict:
     rng = random.Random(seed)
-    prompt = [rng.randrange(3, 600) for _ in range(length)]
-    return {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
-        "logprobs": 1,
-        "return_token_ids": True,
-    }
+    return greedy_body(model, [rng.randrange(3, 600) for _ in range(length)], MAX_TOKENS)
 
 
 async def test_pd_with_atom_model_equals_colocated(atom_pd_pair) -> None:

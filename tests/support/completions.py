@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.support.pd_client import greedy_body
+
 MAX_TOKENS = 12
 
 
@@ -28,15 +30,7 @@ def _choice_parts(choice: dict) -> tuple[list[int], list[float], str]:
 
 def complete(base_url: str, model: str, prompt: str, *, stream: bool = False, timeout: float = 300) -> Generation:
     """POST /v1/completions (temperature 0, logprobs, token ids); raises on a non-200 answer."""
-    body = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
-        "logprobs": 1,
-        "return_token_ids": True,
-        "stream": stream,
-    }
+    body = greedy_body(model, prompt, MAX_TOKENS, stream=stream)
     ids: list[int] = []
     logprobs: list[float] = []
     text = ""

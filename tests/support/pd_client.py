@@ -16,6 +16,20 @@ import aiohttp
 TIMEOUT = aiohttp.ClientTimeout(total=300)
 
 
+def greedy_body(model: str, prompt: str | list[int], max_tokens: int, *, stream: bool = False) -> dict[str, Any]:
+    """A completion request the P/D tests compare engines with: greedy, with each token's id
+    and logprob (`return_token_ids` is vLLM's and SGLang's), so equal answers mean equal KV."""
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "logprobs": 1,
+        "return_token_ids": True,
+        "stream": stream,
+    }
+
+
 @dataclass
 class Completion:
     status: int
