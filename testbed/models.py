@@ -75,24 +75,27 @@ class ModelSpec:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+# The shape every tiny model shares: 2 layers, hidden 128, 2 heads of 64, 1 KV head (vLLM's CPU
+# attention rejects head_dim 16); init wider than the 0.02 default so greedy choices are
+# decisive, not near-ties.
+_TINY_DECODER: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 64,
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.2,
+}
+
+
 def _llama() -> ModelSpec:
-    """2 layers, hidden 128, 2 heads of 64, 1 KV head: small but valid for vLLM CPU."""
+    """The tiny shape with Llama's norm epsilon and untied embeddings."""
     return ModelSpec(
         config_class="LlamaConfig",
         model_class="LlamaForCausalLM",
-        config={
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 64,
-            "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5,
-            # Wider than the 0.02 default so greedy choices are decisive, not near-ties.
-            "initializer_range": 0.2,
-            "tie_word_embeddings": False,
-        },
+        config={**_TINY_DECODER, "rms_norm_eps": 1e-5, "tie_word_embeddings": False},
     )
 
 
@@ -101,18 +104,7 @@ def _qwen3() -> ModelSpec:
     return ModelSpec(
         config_class="Qwen3Config",
         model_class="Qwen3ForCausalLM",
-        config={
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 64,
-            "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-6,
-            "initializer_range": 0.2,
-            "tie_word_embeddings": True,
-        },
+        config={**_TINY_DECODER, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
     )
 
 
@@ -122,21 +114,14 @@ def _qwen3_moe() -> ModelSpec:
         config_class="Qwen3MoeConfig",
         model_class="Qwen3MoeForCausalLM",
         config={
-            "hidden_size": 128,
-            "intermediate_size": 256,
+            **_TINY_DECODER,
             "moe_intermediate_size": 64,
             "num_experts": 4,
             "num_experts_per_tok": 2,
             "norm_topk_prob": True,
             "decoder_sparse_step": 1,
             "mlp_only_layers": [1],
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 64,
-            "max_position_embeddings": 2048,
             "rms_norm_eps": 1e-6,
-            "initializer_range": 0.2,
             "tie_word_embeddings": False,
         },
     )
