@@ -62,7 +62,7 @@ class RouterService:
         self.registry = WorkerRegistry()
         self.metrics = RouterMetrics()
         self.admission = AdmissionController(config.admission)
-        self.tokenizer = load_tokenizer(config.tokenizer_path)
+        self.tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
         rng = random.Random(config.seed)
         # The engines' KV events feed one index, read by every kv_aware pool.
         kv_index = KVBlockIndex() if config.uses_policy("kv_aware") else None

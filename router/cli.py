@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     _option(r, "--tokenizer-path", "tokenizer_path", help="Tokenizer dir or tokenizer.json for token-level routing keys.")
     _option(
         r,
+        "--chat-template",
+        "chat_template",
+        help="Chat template (a file or the template text) for routing keys of chats; default: the tokenizer dir's own.",
+    )
+    _option(
+        r,
         "--kv-events-port",
         "kv_events_port",
         type=int,

@@ -124,6 +124,9 @@ class RouterConfig:
     request_id_headers: list[str] = field(default_factory=lambda: ["x-request-id"])
     # Tokenizer (a local directory or tokenizer.json) for token-level routing keys.
     tokenizer_path: str | None = None
+    # The chat template (a file, or the template itself) when the tokenizer directory has
+    # none or another one is served (vLLM's --chat-template); chats are rendered with it.
+    chat_template: str | None = None
     # kv_aware: subscribe to tcp://<worker host>:<this port> for workers that name no
     # kv_events_endpoint of their own (vLLM publishes on 5557 by default).
     kv_events_port: int | None = None
