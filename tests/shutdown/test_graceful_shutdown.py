@@ -56,6 +56,23 @@ def pd_fleet(tmp_path_factory) -> Iterator[SimFleet]:
         f.stop()
 
 
+def _pd_args(pd_fleet: SimFleet) -> list[str]:
+    """A vLLM-protocol P/D router over `pd_fleet`, pairing every request (both legs run)."""
+    ((prefill_url, _),) = pd_fleet.prefill_endpoints()
+    return [
+        "--pd-disaggregation", "--backend", "vllm", "--always-pair",
+        "--prefill", prefill_url, "none", "--decode", *pd_fleet.urls("decode"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(params=["colocated", "pd"])
+def worker_args(request) -> list[str]:
+    """The router flags naming the workers: a co-located worker, or a P/D pair."""
+    if request.param == "pd":
+        return _pd_args(request.getfixturevalue("pd_fleet"))
+    return ["--worker-urls", *request.getfixturevalue("fleet").urls()]
+
+
 def _payload(max_tokens: int) -> dict[str, Any]:
     return {"model": MODEL, "prompt": "the quick brown fox", "max_tokens": max_tokens, "stream": True}
 
@@ -144,9 +161,9 @@ def _assert_openai_error(body: dict[str, Any], code: str) -> None:
     assert body["error"]["message"], body
 
 
-def test_sigterm_under_streaming_load_lets_every_stream_finish_then_exits_0(fleet: SimFleet) -> None:
+def test_sigterm_under_streaming_load_lets_every_stream_finish_then_exits_0(worker_args: list[str]) -> None:
     metrics_port = free_port()
-    router = start_router("--worker-urls", *fleet.urls(), "--prometheus-port", str(metrics_port))
+    router = start_router(*worker_args, "--prometheus-port", str(metrics_port))
     try:
 
         async def scenario() -> None:
@@ -176,12 +193,7 @@ def test_sigterm_under_streaming_load_lets_every_stream_finish_then_exits_0(flee
 
 
 def test_a_stream_outliving_the_grace_period_ends_with_an_error_event_and_is_aborted_upstream(pd_fleet: SimFleet) -> None:
-    (prefill_url, _), = pd_fleet.prefill_endpoints()
-    router = start_router(
-        "--pd-disaggregation", "--backend", "vllm", "--always-pair",
-        "--prefill", prefill_url, "none", "--decode", *pd_fleet.urls("decode"),
-        "--shutdown-grace-period-secs", "1",
-    )  # fmt: skip
+    router = start_router(*_pd_args(pd_fleet), "--shutdown-grace-period-secs", "1")
     cancelled_before = pd_fleet.stats()["totals"]["cancelled"]
     try:
 
