@@ -135,6 +135,9 @@ class RouterConfig:
     log_level: str = "warning"
     log_json: bool = False
     seed: int | None = None
+    # Graceful shutdown (smg's flag): after SIGTERM/SIGINT, how long in-flight requests may
+    # run on before they are cancelled and the router exits.
+    shutdown_grace_period_secs: float = 180.0
 
     def policy_for(self, role: str) -> str:
         """The policy name for a pool: prefill/decode overrides fall back to `policy`."""
