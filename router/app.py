@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -45,14 +45,39 @@ from router.placement.types import PlacementPlan, RequestDescriptor
 from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
 from router.render import error_response
-from router.tokenizer import load_tokenizer
+from router.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
+from router.transports.grpc_channel import GrpcChannels, grpc_available
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager
-from router.workers.model_list import ModelEntry, ModelListUnavailable, fetch_model_list
+from router.workers.model_list import ModelEntry, ModelListUnavailable
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Role, Worker
 
+if TYPE_CHECKING:
+    from router.transports.grpc_leg import GrpcLeg
+    from router.transports.grpc_worker import GrpcWorkerProbe
+
 logger = logging.getLogger("atom_mesh.app")
+
+
+def grpc_probe(channels: GrpcChannels) -> GrpcWorkerProbe | None:
+    """Health and models of grpc:// workers, when the `grpc` extra is installed (without
+    it no grpc:// worker passes validation, so none needs them)."""
+    if not grpc_available():
+        return None
+    from router.transports.grpc_worker import GrpcWorkerProbe
+
+    return GrpcWorkerProbe(channels)
+
+
+def grpc_leg(channels: GrpcChannels, tokenizer: Tokenizer | None) -> GrpcLeg | None:
+    """The dispatch leg of grpc:// workers, with the codec that renders their answers."""
+    if not grpc_available():
+        return None
+    from router.transports.completions_codec import CompletionsCodec
+    from router.transports.grpc_leg import GrpcLeg
+
+    return GrpcLeg(channels, CompletionsCodec(tokenizer.decode if isinstance(tokenizer, HFTokenizer) else None))
 
 
 class RouterService:
@@ -71,12 +96,15 @@ class RouterService:
             config, rng, kv_index, decode_only_capable=ADAPTERS[config.backend].runs_decode_only
         )
         self.registry.on_removed(self.planner.on_worker_removed)
-        self.manager = WorkerManager(config, self.registry)
+        # One gRPC channel per grpc:// worker, shared by dispatch, health and KV events.
+        self.grpc_channels = GrpcChannels()
+        self.registry.on_removed(self.grpc_channels.discard)
+        self.manager = WorkerManager(config, self.registry, grpc_probe=grpc_probe(self.grpc_channels))
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
         self.kv_events: KVEventFeed | None = None
         if kv_index is not None:
-            self.kv_events = KVEventFeed(kv_index, config.kv_events_port)
+            self.kv_events = KVEventFeed(kv_index, config.kv_events_port, self.grpc_channels)
             self.registry.on_removed(self.kv_events.unsubscribe)
             self.manager.add_registration_hook(self.kv_events.subscribe)
             self.metrics.registry.register(self.kv_events)
@@ -100,7 +128,13 @@ class RouterService:
         adapter = self.adapter
         self.manager.add_registration_hook(lambda worker, _session: adapter.prepare_worker(worker))
         self.inference.dispatcher = Dispatcher(
-            adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng
+            adapter,
+            self.place,
+            self.config,
+            self.metrics,
+            clock=self.manager.clock,
+            rng=self._rng,
+            grpc=grpc_leg(self.grpc_channels, self.tokenizer),
         )
         await self.manager.start()
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
@@ -112,6 +146,7 @@ class RouterService:
             await self.manager.stop()
             if self.kv_events is not None:
                 await self.kv_events.stop()
+            await self.grpc_channels.close_all()
             await self.session.close()
 
     async def _evict_forever(self) -> None:
@@ -157,7 +192,7 @@ class RouterService:
     async def _worker_models(self, worker: Worker) -> list[ModelEntry]:
         assert self.session is not None
         try:
-            return await fetch_model_list(self.session, worker.url, self.config.health.timeout_secs)
+            return await self.manager.worker_models(worker)
         except ModelListUnavailable as exc:
             logger.info("model list unavailable", extra={"worker": worker.url, "reason": str(exc)})
             return []

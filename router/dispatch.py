@@ -21,8 +21,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -34,7 +35,11 @@ from router.metrics import RouterMetrics
 from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
 from router.prepare import PreparedRequest
 from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE
+from router.transports import Transport
 from router.workers.worker import Role, Worker
+
+if TYPE_CHECKING:
+    from router.transports.grpc_leg import GrpcLeg
 
 logger = logging.getLogger("atom_mesh.dispatch")
 
@@ -60,6 +65,11 @@ def plan_workers(plan: PlacementPlan) -> tuple[Worker, ...]:
     return (plan.worker,) if isinstance(plan, Single) else (plan.prefill, plan.decode)
 
 
+def plan_transport(plan: PlacementPlan) -> Transport:
+    """gRPC when the plan's first worker is a grpc:// worker (mixed pairs are refused)."""
+    return plan.worker.transport if isinstance(plan, Single) else plan.prefill.transport
+
+
 def worker_headers(plan: PlacementPlan) -> list[tuple[str, str]]:
     """Response headers naming the workers used (the demo prints them). A decode-only
     answer names only its decode worker, so clients can tell it from a pair."""
@@ -83,6 +93,8 @@ class Reply:
     headers: list[tuple[str, str]]
     body: bytes = b""
     upstream: Upstream | None = None
+    # A stream rendered by the router itself (a gRPC worker's answer), instead of `upstream`.
+    rendered: AsyncGenerator[bytes, None] | None = None
     guard: LoadGuard | None = None
     deadline: float = 0.0
     on_stream_failure: Callable[[Worker], None] = field(default=lambda _w: None, repr=False)
@@ -90,11 +102,15 @@ class Reply:
 
     @property
     def streaming(self) -> bool:
-        return self.upstream is not None
+        return self.upstream is not None or self.rendered is not None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Upstream chunks as they arrive. A broken upstream raises `ApiError(502)`; the
         request deadline raises `ApiError(504)`."""
+        if self.rendered is not None:
+            async for chunk in self._rendered_chunks(self.rendered):
+                yield chunk
+            return
         assert self.upstream is not None
         upstream = self.upstream
         try:
@@ -112,7 +128,26 @@ class Reply:
             ) from None
         self._complete = True
 
+    async def _rendered_chunks(self, rendered: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                async for chunk in rendered:
+                    yield chunk
+        except TimeoutError:
+            raise ApiError(
+                504, "request timed out while streaming; raise --request-timeout-secs for long generations", code="timeout"
+            ) from None
+        except LegFailure as exc:
+            self.on_stream_failure(exc.worker)
+            raise ApiError(502, f"{exc.message} mid-stream", code="upstream_stream_broken") from None
+        self._complete = True
+
     def close(self) -> None:
+        if self.rendered is not None and not self._complete:
+            # Never iterated, or left early: closing the generator aborts the engine's request.
+            task = asyncio.get_running_loop().create_task(self.rendered.aclose())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
         if self.upstream is not None:
             if self._complete:
                 self.upstream.response.release()
@@ -120,6 +155,9 @@ class Reply:
                 self.upstream.response.close()
         if self.guard is not None:
             self.guard.release()
+
+
+_closing: set[asyncio.Task[None]] = set()  # rendered streams being closed, kept referenced
 
 
 class Dispatcher:
@@ -132,8 +170,11 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        grpc: GrpcLeg | None = None,
     ) -> None:
         self.adapter = adapter
+        # The leg for grpc:// workers (None: the router has none configured).
+        self.grpc = grpc
         self.place = place
         self.config = config
         self.metrics = metrics
@@ -221,6 +262,8 @@ class Dispatcher:
         guard: LoadGuard,
         deadline: float,
     ) -> Reply:
+        if plan_transport(plan) is Transport.GRPC:
+            return await self._grpc_attempt(plan, request, guard, deadline)
         try:
             upstream = await self.adapter.send(plan, request, headers)
         except LegFailure as exc:
@@ -263,6 +306,41 @@ class Dispatcher:
         if status >= 400:
             return Reply(status, JSON_CONTENT_TYPE, names, body=ApiError.from_upstream(status, body, upstream.worker.url).body())
         return Reply(status, content_type, names, body=body)
+
+    async def _grpc_attempt(self, plan: PlacementPlan, request: PreparedRequest, guard: LoadGuard, deadline: float) -> Reply:
+        """One attempt on a gRPC worker: the same retry and breaker rules as an HTTP leg
+        (a worker that is down is retried elsewhere, a refused request is the client's 4xx)."""
+        if self.grpc is None or not isinstance(plan, Single):
+            raise ApiError(
+                501, "prefill/decode pairs of grpc:// workers are not supported yet; use http:// workers for P/D",
+                code="not_implemented",
+            )
+        worker = plan.worker
+        names = worker_headers(plan)
+        try:
+            if request.descriptor.stream:
+                rendered = await self.grpc.stream(worker, request)
+                self._succeeded(plan)
+                return Reply(
+                    200,
+                    SSE_CONTENT_TYPE,
+                    names,
+                    rendered=rendered,
+                    guard=guard,
+                    deadline=deadline,
+                    on_stream_failure=lambda w: self._failed(w, request.descriptor),
+                )
+            body = await self.grpc.body(worker, request)
+        except LegFailure as exc:
+            raise _Retryable(exc.worker, _leg_error(exc), "connect") from None
+        except ApiError as err:
+            if err.status in self._retryable:
+                raise _Retryable(worker, err, str(err.status)) from None
+            worker.breaker.record_success()  # the request's fault, not the worker's
+            raise
+        self._succeeded(plan)
+        guard.release()
+        return Reply(200, JSON_CONTENT_TYPE, names, body=body)
 
     def _record_placement(self, plan: PlacementPlan) -> None:
         metrics = self.metrics

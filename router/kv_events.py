@@ -5,6 +5,9 @@ vLLM publishes KV cache changes when started with
 (the simulator with `--kv-events`) on a ZMQ PUB socket, in the wire format of
 `router.kv_event_wire`. One SUB socket per worker feeds the index.
 
+A grpc:// worker streams the same events over its gRPC channel (`SubscribeKvEvents`,
+`router.transports.grpc_kv_events`): no ZMQ port to open or configure.
+
 Where a worker's events come from: the `kv_events_endpoint` it was registered with, else
 tcp://<worker host>:<--kv-events-port>, else what the engine says itself: vLLM serves its
 publisher settings at `GET /kv_event_sources` (`{"0": {"endpoint": "tcp://*:5557", ...}}`
@@ -22,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -30,9 +34,13 @@ import zmq
 import zmq.asyncio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from router.kv_event_wire import BlockRemoved, BlockStored, decode_batch, decode_seq
+from router.kv_event_wire import BlockRemoved, BlockStored, KVEvent, decode_batch, decode_seq
 from router.policies.kv_block_index import KVBlockIndex
+from router.transports import Transport
 from router.workers.worker import Worker
+
+if TYPE_CHECKING:
+    from router.transports.grpc_channel import GrpcChannels
 
 logger = logging.getLogger("atom_mesh.kv_events")
 
@@ -43,6 +51,11 @@ def apply_batch(index: KVBlockIndex, worker_id: str, payload: bytes) -> Counter[
     Raises ValueError for a payload that is not a KV event batch (nothing is applied).
     """
     events, unknown = decode_batch(payload)
+    return apply_events(index, worker_id, events, unknown)
+
+
+def apply_events(index: KVBlockIndex, worker_id: str, events: Iterable[KVEvent], unknown: int = 0) -> Counter[str]:
+    """Apply decoded events (from ZMQ or gRPC) to the index; returns the events seen by type."""
     seen: Counter[str] = Counter()
     for event in events:
         if isinstance(event, BlockStored):
@@ -66,8 +79,10 @@ class KVEventFeed:
     listener, and the feed is a Prometheus collector (indexed blocks, events by type).
     """
 
-    def __init__(self, index: KVBlockIndex, default_port: int | None = None) -> None:
+    def __init__(self, index: KVBlockIndex, default_port: int | None = None, grpc_channels: GrpcChannels | None = None) -> None:
         self.index = index
+        # grpc:// workers stream their events over their channel (`SubscribeKvEvents`).
+        self._grpc_channels = grpc_channels
         self._default_port = default_port
         self._ctx = zmq.asyncio.Context()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -105,6 +120,9 @@ class KVEventFeed:
         """Registration hook: start listening to `worker`'s KV events, if it publishes any."""
         if worker.worker_id in self._tasks or worker.worker_id in self._discovering:
             return
+        if worker.transport is Transport.GRPC:
+            self._subscribe_grpc(worker)
+            return
         self._discovering.add(worker.worker_id)
         try:
             endpoint = await self.endpoint_for(worker, session)
@@ -122,6 +140,18 @@ class KVEventFeed:
             self._listen(worker.worker_id, endpoint), name=f"kv-events-{worker.worker_id}"
         )
         logger.info("subscribed to KV events", extra={"worker": worker.worker_id, "endpoint": endpoint})
+
+    def _subscribe_grpc(self, worker: Worker) -> None:
+        if self._grpc_channels is None:
+            return
+        from router.transports.grpc_kv_events import listen_grpc
+
+        self._events[worker.worker_id] = Counter()
+        channel = self._grpc_channels.channel(worker)
+        self._tasks[worker.worker_id] = asyncio.create_task(
+            listen_grpc(self.index, worker, channel, self._events[worker.worker_id]), name=f"kv-events-{worker.worker_id}"
+        )
+        logger.info("subscribed to KV events over gRPC", extra={"worker": worker.worker_id})
 
     def unsubscribe(self, worker: Worker) -> None:
         self._discovering.discard(worker.worker_id)

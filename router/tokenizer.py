@@ -9,7 +9,7 @@ first (`router.chat_template`), so their ids are the ones the engine caches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +49,10 @@ class HFTokenizer:
         # Special tokens are the template's business (it writes BOS itself), as in
         # transformers' apply_chat_template and vLLM's completions of plain text.
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids -> text, special tokens skipped (as engines render answers)."""
+        return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
     def render_chat(self, body: Mapping[str, Any]) -> str | None:
         """Render with the request's own template switches, as vLLM reads them.

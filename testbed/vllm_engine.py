@@ -72,6 +72,25 @@ def vllm_command(
     return cmd + list(extra_args)
 
 
+def engine_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every vLLM CPU engine here runs with (HTTP or gRPC server), plus `extra`."""
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        # vLLM's default CPU binding ("auto") reserves the last core and pins every
+        # engine's worker to core 0, so a P/D pair on a 2-core machine shares one core.
+        # Unpinned with one OMP thread each (the thread count "auto" picks here too, so
+        # numerics are unchanged), the OS spreads engines over both cores.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.update(extra or {})
+    return env
+
+
 def start_vllm(
     model_dir: str | Path,
     *,
@@ -90,20 +109,7 @@ def start_vllm(
     their start-ups overlap, which nearly halves the wait for a P/D pair.
     """
     port = port or free_port()
-    full_env = {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        # vLLM's default CPU binding ("auto") reserves the last core and pins every
-        # engine's worker to core 0, so a P/D pair on a 2-core machine shares one core.
-        # Unpinned with one OMP thread each (the thread count "auto" picks here too, so
-        # numerics are unchanged), the OS spreads engines over both cores.
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-        "OMP_NUM_THREADS": "1",
-    }
-    full_env.update(env or {})
+    full_env = engine_env(env)
     proc = ManagedProcess(
         vllm_command(model_dir, port, kv_transfer_config=kv_transfer_config, extra_args=extra_args),
         name=name,

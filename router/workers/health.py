@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -100,9 +100,13 @@ class HealthChecker:
         session: aiohttp.ClientSession,
         workers_to_check: Callable[[], Iterable[Worker]],
         on_verdict: Callable[[Worker, HealthVerdict, str], None],
+        *,
+        probe_worker: Callable[[Worker], Awaitable[str]] | None = None,
     ) -> None:
         self._config = config
         self._session = session
+        # How one worker is probed ("" = healthy); default: GET its health endpoint.
+        self._probe_worker = probe_worker or self._probe_http
         self._workers_to_check = workers_to_check
         self._on_verdict = on_verdict
         self._trackers: dict[str, HealthTracker] = {}
@@ -122,9 +126,7 @@ class HealthChecker:
     async def check_once(self) -> None:
         """One round: probe every worker concurrently and apply the thresholds."""
         workers = list(self._workers_to_check())
-        results = await asyncio.gather(
-            *(probe(self._session, w.url, self._config.endpoint, self._config.timeout_secs) for w in workers)
-        )
+        results = await asyncio.gather(*(self._probe_worker(w) for w in workers))
         still_checked = set(self._workers_to_check())  # removed meanwhile: no tracker revived for it
         for worker, reason in zip(workers, results, strict=True):
             if worker not in still_checked:
@@ -134,6 +136,9 @@ class HealthChecker:
                 logger.debug("health probe failed", extra={"worker": worker.worker_id, "reason": reason})
             if verdict is not None:
                 self._on_verdict(worker, verdict, reason)
+
+    async def _probe_http(self, worker: Worker) -> str:
+        return await probe(self._session, worker.url, self._config.endpoint, self._config.timeout_secs)
 
     def start(self) -> None:
         if self._task is None and self._config.enabled:

@@ -35,18 +35,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from router.config import RouterConfig, WorkerSpec
 from router.errors import WorkerConflictError, WorkerNotFoundError
+from router.transports import Transport
 from router.workers.circuit_breaker import CircuitBreaker
 from router.workers.health import HealthChecker, HealthVerdict, probe
-from router.workers.model_list import ModelListUnavailable, fetch_model_list
+from router.workers.model_list import ModelEntry, ModelListUnavailable, fetch_model_list
 from router.workers.registry import WorkerRegistry
 from router.workers.specs import validate_spec
 from router.workers.transitions import LifecycleEvent, next_state
 from router.workers.worker import Role, Worker, WorkerState
+
+if TYPE_CHECKING:
+    from router.transports.grpc_worker import GrpcWorkerProbe
 
 logger = logging.getLogger("atom_mesh.lifecycle")
 
@@ -63,8 +68,11 @@ class WorkerManager:
         *,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
+        grpc_probe: GrpcWorkerProbe | None = None,
     ) -> None:
         self.config = config
+        # Health and models of grpc:// workers; None: the router was built without gRPC.
+        self.grpc_probe = grpc_probe
         self.registry = registry
         self.clock = clock
         self._session = session
@@ -96,7 +104,9 @@ class WorkerManager:
         """Register the configured workers (in the background) and start health checks."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        self._health = HealthChecker(self.config.health, self._session, self._checked_workers, self._on_verdict)
+        self._health = HealthChecker(
+            self.config.health, self._session, self._checked_workers, self._on_verdict, probe_worker=self._probe
+        )
         for spec in self.config.workers:
             await self.add(spec)
         self._health.start()
@@ -220,7 +230,7 @@ class WorkerManager:
         cfg = self.config
         deadline = self.clock() + cfg.worker_startup_timeout_secs
         while True:
-            reason = await probe(self.session, worker.url, cfg.health.endpoint, cfg.health.timeout_secs)
+            reason = await self._probe(worker)
             if not reason:
                 break
             worker.last_error = reason
@@ -248,6 +258,21 @@ class WorkerManager:
             self._health.forget(worker)  # start counting afresh, as healthy
         self._apply(worker, LifecycleEvent.READY)
 
+    async def _probe(self, worker: Worker) -> str:
+        """One readiness probe ("" = ready): GET the health endpoint, or gRPC health."""
+        if worker.transport is Transport.GRPC:
+            if self.grpc_probe is None:
+                return "this router has no gRPC transport configured"
+            return await self.grpc_probe.health(worker, self.config.health.timeout_secs)
+        return await probe(self.session, worker.url, self.config.health.endpoint, self.config.health.timeout_secs)
+
+    async def worker_models(self, worker: Worker) -> list[ModelEntry]:
+        """The worker's model list (`GET /v1/models`, or `GetModelInfo` for a gRPC worker);
+        raises `ModelListUnavailable`."""
+        if worker.transport is Transport.GRPC and self.grpc_probe is not None:
+            return await self.grpc_probe.models(worker, self.config.health.timeout_secs)
+        return await fetch_model_list(self.session, worker.url, self.config.health.timeout_secs)
+
     def _fail(self, worker: Worker, message: str) -> None:
         worker.last_error = message
         logger.warning("worker failed", extra={"worker": worker.worker_id, "url": worker.url, "reason": message})
@@ -256,7 +281,7 @@ class WorkerManager:
     async def _discover_models(self, worker: Worker) -> None:
         """Learn the served models from `GET /v1/models`; engines without it match any model."""
         try:
-            entries = await fetch_model_list(self.session, worker.url, self.config.health.timeout_secs)
+            entries = await self.worker_models(worker)
         except ModelListUnavailable as exc:
             logger.info("no model list", extra={"worker": worker.worker_id, "reason": str(exc)})
             return

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 from router.config import WorkerSpec
 from router.errors import WorkerRequestError
+from router.transports import SCHEMES, Transport
+from router.transports.grpc_channel import require_grpc
 from router.workers.worker import Role
 
 ROLES = ", ".join(r.value for r in Role)
@@ -47,7 +49,7 @@ def _is_str_map(value: Any) -> bool:
 
 # Each `WorkerSpec` field: its JSON type check and how to describe a valid value.
 _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "url": (_is_url, 'a string such as "http://host:port"'),
+    "url": (_is_url, 'a string such as "http://host:port" or "grpc://host:port"'),
     "role": (_is_str, f"a string: {ROLES}"),
     "bootstrap_port": (_is_optional_int, "an integer or null"),
     "model": (_is_optional_str, "a string or null"),
@@ -88,8 +90,12 @@ def parse_worker_spec(entry: Any, *, handled: Collection[str] = ()) -> WorkerSpe
 def validate_spec(spec: WorkerSpec, pd_disaggregation: bool) -> Role:
     """Check a spec's values before it becomes a worker; return its role."""
     parts = urlsplit(spec.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WorkerRequestError(f"field 'url' must look like http://host:port, got {spec.url!r}", param="url")
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise WorkerRequestError(
+            f"field 'url' must look like http://host:port or grpc://host:port, got {spec.url!r}", param="url"
+        )
+    if SCHEMES[parts.scheme] is Transport.GRPC:
+        _check_grpc_url(spec.url, parts.port, parts.path)
     try:
         role = Role(spec.role)
     except ValueError:
@@ -112,3 +118,13 @@ def validate_spec(spec: WorkerSpec, pd_disaggregation: bool) -> Role:
             param="kv_events_endpoint",
         )
     return role
+
+
+def _check_grpc_url(url: str, port: int | None, path: str) -> None:
+    """A gRPC target is host:port, nothing more; and the router needs the `grpc` extra."""
+    if port is None or path.strip("/"):
+        raise WorkerRequestError(f"field 'url': a gRPC worker is grpc://host:port, got {url!r}", param="url")
+    try:
+        require_grpc()
+    except RuntimeError as exc:
+        raise WorkerRequestError(f"field 'url': {exc}", param="url") from None

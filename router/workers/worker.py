@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.transports import Transport, transport_of
 from router.workers.circuit_breaker import CircuitBreaker
 
 
@@ -60,9 +61,12 @@ class Worker:
     # Set while a drain waits for the last in-flight request; `LoadGuard.release` sets the
     # event when `in_flight_requests` reaches 0, so the drain needs no polling.
     idle: asyncio.Event | None = field(default=None, repr=False)
+    # How the router talks to it: derived from the URL scheme, never set on its own.
+    transport: Transport = field(init=False, default=Transport.HTTP)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
+        self.transport = transport_of(self.url)
         if not self.worker_id:
             self.worker_id = f"w{next(_ids)}"
 

@@ -1,0 +1,223 @@
+"""vLLM's `VllmEngine` gRPC service (smg-grpc-proto's vllm_engine.proto) as a token-level leg.
+
+The router sends token ids and sampling parameters (`GenerationRequest`) and gets token
+ids back (`GenerationChunk`s); what the servicer does with each field is in
+`smg_grpc_servicer/vllm/servicer.py`: stop strings are applied by the engine (it
+detokenizes only when there are some), a stream is DELTA output (each chunk the new
+tokens) ending in a `GenerateComplete` that repeats the last delta, a non-streamed answer
+is one `GenerateComplete` with every token.
+
+Conversions are pure functions (unit-tested without a server); `VllmGrpcClient` is the
+I/O. Cancellation is explicit: leaving a `generate` stream early (client hang-up,
+request timeout, a sibling leg failing) cancels the call and sends `Abort`, so the
+engine frees the request even if the cancellation raced its admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import grpc
+import grpc.aio
+import orjson
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2, vllm_engine_pb2_grpc
+
+from router.adapters.base import LegFailure
+from router.errors import ApiError
+from router.generation.types import FinishReason, GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
+from router.workers.worker import Worker
+
+logger = logging.getLogger("atom_mesh.grpc")
+
+_FINISH_REASONS: frozenset[str] = frozenset(("stop", "length", "abort", "error"))
+
+
+# -- GenerationRequest -> proto --------------------------------------------------------------
+
+
+def sampling_to_proto(s: SamplingParams) -> vllm_engine_pb2.SamplingParams:
+    """Only what the client set: proto3 zeros are the servicer's "default" for the plain
+    fields (top_p 0 -> 1.0, repetition_penalty 0 -> 1.0), optional fields stay unset."""
+    msg = vllm_engine_pb2.SamplingParams(
+        stop=list(s.stop),
+        stop_token_ids=list(s.stop_token_ids),
+        include_stop_str_in_output=s.include_stop_str_in_output,
+        ignore_eos=s.ignore_eos,
+        skip_special_tokens=s.skip_special_tokens,
+        spaces_between_special_tokens=s.spaces_between_special_tokens,
+        logit_bias=dict(s.logit_bias),
+    )
+    for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"):
+        value = getattr(s, name)
+        if value is not None:
+            setattr(msg, name, value)
+    for name in ("top_k", "max_tokens", "min_tokens", "seed", "logprobs", "prompt_logprobs"):
+        value = getattr(s, name)
+        if value is not None:
+            setattr(msg, name, value)
+    return msg
+
+
+def generate_request(req: GenerationRequest) -> vllm_engine_pb2.GenerateRequest:
+    msg = vllm_engine_pb2.GenerateRequest(
+        request_id=req.request_id,
+        tokenized=vllm_engine_pb2.TokenizedInput(original_text=req.text, input_ids=list(req.input_ids)),
+        sampling_params=sampling_to_proto(req.sampling),
+        stream=req.stream,
+    )
+    if req.kv_transfer_params is not None:
+        msg.kv_transfer_params_json = orjson.dumps(req.kv_transfer_params).decode()
+    return msg
+
+
+# -- proto -> GenerationChunk ------------------------------------------------------------------
+
+
+def logprobs_from_proto(msg: vllm_engine_pb2.OutputLogProbs) -> tuple[TokenLogprob, ...]:
+    tops = list(msg.top_logprobs)
+    out = []
+    for i, (token_id, logprob) in enumerate(zip(msg.token_ids, msg.token_logprobs, strict=True)):
+        top = tops[i] if i < len(tops) else None
+        out.append(
+            TokenLogprob(
+                token_id=token_id,
+                logprob=logprob,
+                top=tuple(zip(top.token_ids, top.values, strict=True)) if top is not None else (),
+            )
+        )
+    return tuple(out)
+
+
+def chunk_from_proto(msg: vllm_engine_pb2.GenerateStreamChunk, want_logprobs: bool) -> GenerationChunk:
+    """A stream chunk: the new tokens and running counts."""
+    return GenerationChunk(
+        token_ids=tuple(msg.token_ids),
+        prompt_tokens=msg.prompt_tokens,
+        completion_tokens=msg.completion_tokens,
+        cached_tokens=msg.cached_tokens,
+        logprobs=logprobs_from_proto(msg.output_logprobs) if want_logprobs else None,
+    )
+
+
+def complete_from_proto(msg: vllm_engine_pb2.GenerateComplete, *, streamed: bool, want_logprobs: bool) -> GenerationChunk:
+    """The final message. In a stream it repeats the last delta the chunks already carried,
+    so its tokens are dropped there; a non-streamed answer's tokens are all here."""
+    finish: FinishReason = msg.finish_reason if msg.finish_reason in _FINISH_REASONS else "error"
+    which = msg.WhichOneof("matched_stop")
+    matched: int | str | None = getattr(msg, which) if which else None
+    kv_params: dict[str, Any] | None = None
+    if msg.HasField("kv_transfer_params_json") and msg.kv_transfer_params_json:
+        kv_params = orjson.loads(msg.kv_transfer_params_json)
+    return GenerationChunk(
+        token_ids=() if streamed else tuple(msg.output_ids),
+        prompt_tokens=msg.prompt_tokens,
+        completion_tokens=msg.completion_tokens,
+        cached_tokens=msg.cached_tokens,
+        logprobs=(() if streamed else logprobs_from_proto(msg.output_logprobs)) if want_logprobs else None,
+        finish_reason=finish,
+        matched_stop=matched,
+        kv_transfer_params=kv_params,
+    )
+
+
+# -- gRPC status -> the router's errors ------------------------------------------------------
+
+# Codes that say the worker (not the request) failed: another worker may succeed.
+_WORKER_DOWN = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL))
+# Codes that are the request's fault, with the HTTP status the client gets.
+_CLIENT_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def rpc_failure(worker: Worker, err: grpc.aio.AioRpcError) -> LegFailure | ApiError:
+    """What a failed call means: `LegFailure(status=None)` for a worker that is down (the
+    dispatcher retries elsewhere and trips its breaker), an `ApiError` with the engine's
+    message for a request the engine refused (a prompt longer than the model's length ...)."""
+    code = err.code()
+    details = err.details() or code.name
+    if code in _WORKER_DOWN:
+        return LegFailure(worker, f"{worker.role.value} worker {worker.url} failed: gRPC {code.name}: {details}")
+    status = _CLIENT_STATUS.get(code, 502)
+    return ApiError(status, details, code="upstream_error" if status >= 500 else None)
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+class VllmGrpcClient:
+    """Calls on one worker's channel (the channel is the router's, shared by every request)."""
+
+    def __init__(self, worker: Worker, channel: grpc.aio.Channel) -> None:
+        self.worker = worker
+        self._stub = vllm_engine_pb2_grpc.VllmEngineStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+
+    async def health(self, timeout_secs: float) -> str:
+        """"" when grpc.health.v1 says SERVING, else a short reason (never raises)."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_secs)
+        except grpc.aio.AioRpcError as err:
+            return f"gRPC health of {self.worker.url}: {err.code().name}: {err.details()}"
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return f"gRPC health of {self.worker.url}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+        return ""
+
+    async def model_info(self, timeout_secs: float) -> vllm_engine_pb2.GetModelInfoResponse:
+        return await self._stub.GetModelInfo(vllm_engine_pb2.GetModelInfoRequest(), timeout=timeout_secs)
+
+    async def loads(self, timeout_secs: float) -> vllm_engine_pb2.GetLoadsResponse:
+        return await self._stub.GetLoads(vllm_engine_pb2.GetLoadsRequest(), timeout=timeout_secs)
+
+    def kv_events(self, start_sequence_number: int = 0) -> grpc.aio.UnaryStreamCall:
+        return self._stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest(start_sequence_number=start_sequence_number))
+
+    async def abort(self, request_id: str) -> None:
+        """Ask the engine to drop `request_id`; best effort (the engine may be gone)."""
+        try:
+            await self._stub.Abort(vllm_engine_pb2.AbortRequest(request_ids=[request_id]), timeout=5)
+        except grpc.aio.AioRpcError as err:
+            logger.info("abort failed", extra={"worker": self.worker.url, "reason": err.code().name})
+
+    async def generate(self, req: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """The engine's answer as chunks; the last has `finish_reason`.
+
+        Raises `LegFailure` (worker down, retryable) or `ApiError` (the engine refused the
+        request) from the first message on; closing the iterator before the end cancels
+        the call and aborts the request on the engine.
+        """
+        call = self._stub.Generate(generate_request(req))
+        want_logprobs = req.sampling.logprobs is not None
+        finished = False
+        generated = 0  # a stream's messages count their own delta: the running count is ours
+        try:
+            async for msg in call:
+                which = msg.WhichOneof("response")
+                if which == "chunk":
+                    chunk = chunk_from_proto(msg.chunk, want_logprobs)
+                    generated += len(chunk.token_ids)
+                    yield dataclasses.replace(chunk, completion_tokens=generated)
+                elif which == "complete":
+                    finished = True
+                    done = complete_from_proto(msg.complete, streamed=req.stream, want_logprobs=want_logprobs)
+                    yield dataclasses.replace(done, completion_tokens=generated) if req.stream else done
+                    return
+        except grpc.aio.AioRpcError as err:
+            finished = True  # the engine ended the call itself
+            raise rpc_failure(self.worker, err) from None
+        finally:
+            if not finished:
+                call.cancel()
+                await asyncio.shield(self.abort(req.request_id))
+        raise LegFailure(self.worker, f"worker {self.worker.url} ended the stream without a final message")

@@ -1,0 +1,66 @@
+"""Registration, health and load of a `grpc://` worker: what `/health`, `/v1/models` and
+`/metrics` are for an HTTP worker, over the worker's gRPC channel.
+
+- health: grpc.health.v1 `Check` (the vLLM servicer answers NOT_SERVING until its engine
+  is up and while it is paused), so readiness and the periodic probes mean the same as
+  an HTTP worker's `GET /health`;
+- models: `GetModelInfo`'s served model name, as the entry `/v1/models` lists;
+- load: `GetLoads`, summed over the engine's data-parallel ranks, as an `EngineLoad`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc.aio
+
+from router.adapters.vllm_grpc import VllmGrpcClient
+from router.transports.grpc_channel import GrpcChannels
+from router.workers.model_list import ModelEntry, ModelListUnavailable
+from router.workers.worker import Worker
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """An engine's own view of its load (the numbers its scheduler reports)."""
+
+    running_requests: int
+    waiting_requests: int
+    # KV cache in use, 0..1.
+    token_usage: float
+
+
+class GrpcWorkerProbe:
+    """The control-plane calls on gRPC workers, over the router's shared channels."""
+
+    def __init__(self, channels: GrpcChannels) -> None:
+        self.channels = channels
+
+    def client(self, worker: Worker) -> VllmGrpcClient:
+        return VllmGrpcClient(worker, self.channels.channel(worker))
+
+    async def health(self, worker: Worker, timeout_secs: float) -> str:
+        """"" when the worker is SERVING, else why not (never raises)."""
+        return await self.client(worker).health(timeout_secs)
+
+    async def models(self, worker: Worker, timeout_secs: float) -> list[ModelEntry]:
+        """The worker's `/v1/models` entry from `GetModelInfo`; raises `ModelListUnavailable`."""
+        try:
+            info = await self.client(worker).model_info(timeout_secs)
+        except grpc.aio.AioRpcError as err:
+            raise ModelListUnavailable(f"GetModelInfo on {worker.url}: {err.code().name}: {err.details()}") from None
+        name = info.served_model_name or info.model_path
+        if not name:
+            return []
+        entry = {"id": name, "object": "model", "owned_by": "vllm", "root": info.model_path}
+        return [{**entry, "max_model_len": info.max_context_length}]
+
+    async def load(self, worker: Worker, timeout_secs: float) -> EngineLoad:
+        """`GetLoads` summed over the engine's ranks; raises `grpc.aio.AioRpcError`."""
+        reply = await self.client(worker).loads(timeout_secs)
+        ranks = list(reply.loads)
+        return EngineLoad(
+            running_requests=sum(r.num_running_reqs for r in ranks),
+            waiting_requests=sum(r.num_waiting_reqs for r in ranks),
+            token_usage=max((r.token_usage for r in ranks), default=0.0),
+        )
