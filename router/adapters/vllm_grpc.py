@@ -141,6 +141,10 @@ _CLIENT_STATUS = {
 }
 
 
+# vLLM's HTTP error `type` per status (vllm/entrypoints/openai: the HTTPStatus's exception name).
+_VLLM_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 429: "TooManyRequestsError"}
+
+
 def rpc_failure(worker: Worker, err: grpc.aio.AioRpcError) -> LegFailure | ApiError:
     """What a failed call means: `LegFailure(status=None)` for a worker that is down (the
     dispatcher retries elsewhere and trips its breaker), an `ApiError` with the engine's
@@ -150,7 +154,10 @@ def rpc_failure(worker: Worker, err: grpc.aio.AioRpcError) -> LegFailure | ApiEr
     if code in _WORKER_DOWN:
         return LegFailure(worker, f"{worker.role.value} worker {worker.url} failed: gRPC {code.name}: {details}")
     status = _CLIENT_STATUS.get(code, 502)
-    return ApiError(status, details, code="upstream_error" if status >= 500 else None)
+    if status >= 500:
+        return ApiError(status, f"worker {worker.url}: gRPC {code.name}: {details}", code="upstream_error")
+    # The body vLLM's HTTP server gives for the same refusal (relayed as is for HTTP workers).
+    return ApiError(status, details, type=_VLLM_ERROR_TYPES.get(status), code=str(status))
 
 
 # -- the client ------------------------------------------------------------------------------
