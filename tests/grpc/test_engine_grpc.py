@@ -61,7 +61,9 @@ def references(vllm_colocated: SharedEngine, tiny_llama: Path) -> Iterator[dict[
 
 @pytest.fixture(scope="module")
 def grpc_engine(references: dict[str, Any], tiny_llama: Path) -> Iterator[ManagedProcess]:
-    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{free_port()}"}
+    # A wildcard host makes vLLM bind its publisher (a plain host makes it connect); the
+    # servicer's relay subscribes on loopback.
+    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{free_port()}"}
     proc = start_vllm_grpc(tiny_llama, extra_args=["--kv-events-config", json.dumps(events)])
     try:
         yield proc
