@@ -248,3 +248,16 @@ class ShuttingDown(TypedError):
     @property
     def headers(self) -> list[tuple[str, str]]:
         return [*super().headers, ("connection", "close")]
+
+
+# -- router-side generation (router.generation) -----------------------------------------------
+
+
+class InvalidGenerationRequest(TypedError):
+    """A request the router's token-level path cannot run as sent (a sampling parameter out
+    of range, a prompt longer than the model's context, a feature this path lacks); `param`
+    names the field, as vLLM's server does."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_parameter"

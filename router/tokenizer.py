@@ -50,6 +50,16 @@ class HFTokenizer:
         # transformers' apply_chat_template and vLLM's completions of plain text.
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A completions prompt as vLLM tokenizes it: with the tokenizer's special tokens
+        (its post-processor adds BOS where the model wants one)."""
+        return self._tok.encode(text, add_special_tokens=True).ids
+
+    @property
+    def backend(self) -> Any:
+        """The `tokenizers.Tokenizer` itself, for incremental detokenization."""
+        return self._tok
+
     def render_chat(self, body: Mapping[str, Any]) -> str | None:
         """Render with the request's own template switches, as vLLM reads them.
 
