@@ -90,13 +90,9 @@ class _ThreadRecorder:
         self._inner = inner
         self.threads: list[int] = []
 
-    def encode(self, text: str) -> list[int]:
+    def encode_text(self, text: str, *, add_special_tokens: bool) -> list[int]:
         self.threads.append(threading.get_ident())
-        return self._inner.encode(text)
-
-    def encode_prompt(self, text: str) -> list[int]:
-        self.threads.append(threading.get_ident())
-        return self._inner.encode_prompt(text)
+        return self._inner.encode_text(text, add_special_tokens=add_special_tokens)
 
     def render_chat(self, body: Mapping[str, Any]) -> str | None:
         return self._inner.render_chat(body)
