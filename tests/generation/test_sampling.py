@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -133,3 +134,82 @@ def test_bad_values_are_400s_that_name_the_field(body: dict[str, Any], chat: boo
 
 def test_n_of_one_is_accepted() -> None:
     assert sampling_params({"n": 1}, chat=True) == SamplingParams()
+
+
+_FIELDS = (
+    "temperature top_p top_k min_p frequency_penalty presence_penalty repetition_penalty max_tokens min_tokens "
+    "stop stop_token_ids include_stop_str_in_output ignore_eos skip_special_tokens spaces_between_special_tokens "
+    "seed logprobs prompt_logprobs logit_bias"
+).split()
+
+
+def _comparable(params: Any) -> dict[str, Any]:
+    out = {}
+    for name in _FIELDS:
+        value = getattr(params, name)
+        if isinstance(value, (list, tuple)):
+            value = tuple(value)
+        out[name] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("body", "chat"),
+    [
+        (
+            {
+                "temperature": 0.3,
+                "top_p": 0.8,
+                "top_k": 5,
+                "min_p": 0.1,
+                "max_completion_tokens": 9,
+                "max_tokens": 20,
+                "stop": "x",
+                "stop_token_ids": [3],
+                "seed": 4,
+                "logprobs": True,
+                "top_logprobs": 3,
+                "ignore_eos": True,
+                "frequency_penalty": 0.2,
+                "presence_penalty": 0.1,
+                "repetition_penalty": 1.2,
+                "min_tokens": 1,
+                "include_stop_str_in_output": True,
+                "skip_special_tokens": False,
+                "logit_bias": {"7": 5},
+            },
+            True,
+        ),
+        ({"logprobs": True}, True),
+        (
+            {
+                "temperature": 0,
+                "max_tokens": 16,
+                "logprobs": 2,
+                "stop": ["a", "bc"],
+                "prompt_logprobs": 1,
+                "spaces_between_special_tokens": False,
+            },
+            False,
+        ),
+    ],
+)
+def test_set_fields_equal_vllms_own_mapping(body: dict[str, Any], chat: bool) -> None:
+    """Every field the client set maps as vLLM's server maps it (vLLM fills the unset ones
+    with its defaults; the router leaves those to the engine)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    full = {"model": "m", **({"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hi"})}
+    request = (ChatCompletionRequest if chat else CompletionRequest).model_validate({**full, **body})
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 100
+    theirs = _comparable(request.to_sampling_params(max_tokens, {}))
+    ours = _comparable(sampling_params(body, chat=chat))
+    set_here = {
+        k: v
+        for k, v in ours.items()
+        if v is not None and v not in ((), {}) and (k in body or k == "max_tokens" or k == "logprobs")
+    }
+    assert set_here, "the case sets fields"
+    assert set_here == {k: theirs[k] for k in set_here}
