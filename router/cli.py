@@ -187,6 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     _option(o, "--log-level", "log_level", choices=["debug", "info", "warning", "error"])
     _option(o, "--log-json", "log_json", action="store_true", help="One JSON object per log line.")
     _option(o, "--seed", "seed", type=int, help="Seed for random policies (reproducible tests).")
+
+    tr = p.add_argument_group("Tracing (OpenTelemetry; needs atom-mesh[otel])")
+    _option(
+        tr,
+        "--otlp-traces-endpoint",
+        "tracing.otlp_traces_endpoint",
+        type=str,
+        help="Export spans over OTLP and turn tracing on: HOST:PORT for OTLP/gRPC, http(s)://HOST:PORT[/PATH] "
+        "for OTLP/HTTP protobuf (path default /v1/traces).",
+    )
+    _option(
+        tr,
+        "--enable-trace",
+        "tracing.enable_trace",
+        action="store_true",
+        help="Turn tracing on (as in smg); without --otlp-traces-endpoint spans go to localhost:4317 (OTLP/gRPC).",
+    )
     return p
 
 
@@ -277,6 +294,13 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         if getattr(args, dest) < 0:
             raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")
     config: RouterConfig = _from_flags(_DEFAULTS, args, workers=workers, backend=backend)
+    if config.tracing.enabled:
+        from router.tracing import TracingUnavailable, check_available
+
+        try:
+            check_available(config.tracing)
+        except TracingUnavailable as exc:
+            raise UsageError(str(exc)) from None
     return config
 
 

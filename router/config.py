@@ -98,6 +98,25 @@ class AdmissionConfig:
 
 
 @dataclass
+class TracingConfig:
+    """OpenTelemetry tracing (router.tracing); smg's flag names. Off unless one is set."""
+
+    # `host:port`: OTLP/gRPC; `http(s)://host:port[/path]`: OTLP/HTTP protobuf
+    # (path default /v1/traces). Setting it turns tracing on.
+    otlp_traces_endpoint: str | None = None
+    # smg's switch: tracing on, to `otlp_traces_endpoint` or else localhost:4317 (gRPC).
+    enable_trace: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.enable_trace or bool(self.otlp_traces_endpoint)
+
+    @property
+    def endpoint(self) -> str:
+        return self.otlp_traces_endpoint or "localhost:4317"
+
+
+@dataclass
 class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 30000
@@ -132,6 +151,7 @@ class RouterConfig:
     log_level: str = "warning"
     log_json: bool = False
     seed: int | None = None
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def policy_for(self, role: str) -> str:
         """The policy name for a pool: prefill/decode overrides fall back to `policy`."""
