@@ -21,7 +21,7 @@ from engine_sim.config import EngineConfig, WorkerSpec
 from engine_sim.fleet import Fleet
 from router.config import DisaggConfig
 from tests.engine_sim.conftest import running_fleet
-from tests.support.inprocess_router import make_config, pd_workers, running_router
+from tests.support.inprocess_router import RunningRouter, make_config, pd_workers, running_router
 
 CLIENT_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 CLIENT_SPAN_ID = 0x00F067AA0BA902B7
@@ -85,6 +85,16 @@ async def request_spans(exporter: InMemorySpanExporter, ended: EndedSpans) -> li
     except TimeoutError:
         raise AssertionError(f"the request span never ended; spans: {[s.name for s in spans]}") from None
     return spans
+
+
+async def every_worker_ready(router: RunningRouter) -> None:
+    """Wait (10 s at most) until every configured worker takes requests; readiness needs only one per role."""
+    clock = router.service.manager.clock
+    for _ in range(1000):
+        if all(w.accepts_new_requests(clock()) for w in router.workers):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"workers never all ready: {router.workers}")
 
 
 def has_request_span(spans: list[ReadableSpan]) -> bool:
@@ -201,6 +211,7 @@ async def test_a_retry_is_new_leg_spans_with_its_attempt_number(
         broken = fleet.by_role("prefill")[0]
         await broken.set_faults({"error_rate": 1.0})
         async with pd_router(fleet, provider) as router:
+            await every_worker_ready(router)  # so round robin tries the broken (first) prefill first
             resp = await router.post("/v1/chat/completions", CHAT)
             assert resp.status == 200, await resp.text()
             spans = await request_spans(exporter, ended)
