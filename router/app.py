@@ -34,6 +34,7 @@ from router.admin import admin_routes
 from router.admission import AdmissionCollector, AdmissionController
 from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
+from router.discovery.service import DiscoveryService
 from router.dispatch import Dispatcher, create_session
 from router.errors import ApiError, AuthError
 from router.inference import InferencePath
@@ -71,6 +72,7 @@ class RouterService:
         )
         self.registry.on_removed(self.planner.on_worker_removed)
         self.manager = WorkerManager(config, self.registry)
+        self.discovery = DiscoveryService(config, self.manager)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
         self.kv_events: KVEventFeed | None = None
@@ -98,12 +100,14 @@ class RouterService:
             adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng
         )
         await self.manager.start()
+        await self.discovery.start()
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
         try:
             yield
         finally:
             evictor.cancel()
             await asyncio.gather(evictor, return_exceptions=True)
+            await self.discovery.stop()
             await self.manager.stop()
             if self.kv_events is not None:
                 await self.kv_events.stop()
