@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -309,6 +309,14 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     return config
 
 
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def _check_discovery(config: RouterConfig) -> None:
     """Discovery settings the router could only fail on later, refused at start."""
     from router.discovery.file_source import is_yaml
@@ -317,13 +325,13 @@ def _check_discovery(config: RouterConfig) -> None:
     cfg = config.discovery
     if cfg.check_interval_secs <= 0:
         raise UsageError(f"--discovery-check-interval-secs must be more than 0, got {cfg.check_interval_secs:g}")
-    if cfg.file and is_yaml(cfg.file) and importlib.util.find_spec("yaml") is None:
+    if cfg.file and is_yaml(cfg.file) and not _importable("yaml"):
         raise UsageError(f"--discovery-file {cfg.file}: reading YAML needs PyYAML: pip install atom-mesh[yaml]")
     if not cfg.service_discovery:
         if cfg.selector or cfg.prefill_selector or cfg.decode_selector:
             raise UsageError("--selector/--prefill-selector/--decode-selector need --service-discovery")
         return
-    if importlib.util.find_spec("kubernetes_asyncio") is None:
+    if not _importable("kubernetes_asyncio"):
         raise UsageError("--service-discovery needs the Kubernetes client: pip install atom-mesh[k8s]")
     if not 0 < cfg.port < 65536:
         raise UsageError(f"--service-discovery-port {cfg.port} is not a TCP port (1-65535)")

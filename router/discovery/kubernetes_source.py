@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -43,12 +44,15 @@ _BACKOFF_SECS = (0.5, 30.0)  # first retry after an error, and the most it doubl
 
 
 async def api_client() -> client.ApiClient:
-    """A client with in-cluster credentials, or the kubeconfig's outside a cluster."""
+    """A client with in-cluster credentials, or the kubeconfig's outside a cluster
+    (`KUBECONFIG` read now: the library reads it once, at import)."""
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)
     except ConfigException:
-        await config.load_kube_config(client_configuration=configuration, persist_config=False)
+        await config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration, persist_config=False
+        )
     return client.ApiClient(configuration)
 
 
@@ -65,12 +69,31 @@ class KubernetesSource:
         self._publish_lock = asyncio.Lock()
 
     async def run(self, publish: Publish) -> None:
-        api = await api_client()
+        api = await self._connect()
         try:
             core = client.CoreV1Api(api)
             await asyncio.gather(*(self._follow(api, core, rule, publish) for rule in self._rules))
         finally:
             await api.close()
+
+    async def _connect(self) -> client.ApiClient:
+        """A client, once credentials load; until then a clear error, retried (a kubeconfig
+        or service account token may be mounted after the router starts)."""
+        backoff = _BACKOFF_SECS[0]
+        last = ""
+        while True:
+            try:
+                return await api_client()
+            except (ConfigException, OSError) as exc:
+                if str(exc) != last:
+                    last = str(exc)
+                    logger.error(
+                        "cannot load Kubernetes credentials (in-cluster service account, or KUBECONFIG / "
+                        "~/.kube/config); retrying",
+                        extra={"error": last},
+                    )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_SECS[1])
 
     def _list_call(self, core: client.CoreV1Api) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         if self._cfg.namespace:

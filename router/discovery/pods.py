@@ -41,12 +41,12 @@ class PodRule:
     """Pods matching `selector` become workers of `role`."""
 
     role: str
-    selector: Mapping[str, str]
+    selector: tuple[tuple[str, str], ...]  # (label, value) pairs, all of which must match
 
     @property
     def label_selector(self) -> str:
         """The API's `labelSelector` query form, "app=vllm,tier=gpu"."""
-        return ",".join(f"{k}={v}" for k, v in self.selector.items())
+        return ",".join(f"{k}={v}" for k, v in self.selector)
 
 
 def pod_rules(cfg: DiscoveryConfig, pd_disaggregation: bool) -> list[PodRule]:
@@ -59,14 +59,14 @@ def pod_rules(cfg: DiscoveryConfig, pd_disaggregation: bool) -> list[PodRule]:
         if not (cfg.prefill_selector and cfg.decode_selector):
             raise SelectorError("--service-discovery with --pd-disaggregation needs --prefill-selector and --decode-selector")
         return [
-            PodRule("prefill", parse_selector(cfg.prefill_selector, "--prefill-selector")),
-            PodRule("decode", parse_selector(cfg.decode_selector, "--decode-selector")),
+            PodRule("prefill", tuple(parse_selector(cfg.prefill_selector, "--prefill-selector").items())),
+            PodRule("decode", tuple(parse_selector(cfg.decode_selector, "--decode-selector").items())),
         ]
     if cfg.prefill_selector or cfg.decode_selector:
         raise SelectorError("--prefill-selector/--decode-selector need --pd-disaggregation")
     if not cfg.selector:
         raise SelectorError("--service-discovery needs --selector key=value ... (the labels of the worker pods)")
-    return [PodRule("regular", parse_selector(cfg.selector, "--selector"))]
+    return [PodRule("regular", tuple(parse_selector(cfg.selector, "--selector").items()))]
 
 
 def pod_name(pod: Mapping[str, Any]) -> str:
