@@ -35,8 +35,8 @@ logger = logging.getLogger("atom_mesh.discovery")
 
 Publish = Callable[[Mapping[WorkerKey, WorkerSpec]], Awaitable[None]]
 
-# The API server ends each watch after this long (and the watch is resumed); a connection
-# silent for longer than this plus the grace is treated as dropped.
+# The API server ends each watch after this long (and the watch is resumed); a watch still
+# open this long plus the grace is ended by the client (a dead connection) and relisted.
 WATCH_TIMEOUT_SECS = 300
 _READ_GRACE_SECS = 30
 _LIST_TIMEOUT_SECS = 30
