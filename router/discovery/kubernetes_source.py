@@ -136,13 +136,19 @@ class KubernetesSource:
                 if exc.status == 410:
                     logger.info("pod watch expired (410 Gone); relisting", extra=where)
                     continue
+                hint = " (the router's service account needs get, list and watch on pods)" if exc.status in (401, 403) else ""
                 logger.warning(
-                    "pod list/watch refused; retrying",
+                    f"pod list/watch refused{hint}; retrying",
                     extra={**where, "status": exc.status, "reason": exc.reason, "retry_in_secs": backoff},
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 logger.warning(
                     "pod list/watch connection lost; relisting",
+                    extra={**where, "error": f"{exc.__class__.__name__}: {exc}", "retry_in_secs": backoff},
+                )
+            except Exception as exc:  # a malformed answer: the library raises plain exceptions for those
+                logger.warning(
+                    "pod list/watch answer not understood; relisting",
                     extra={**where, "error": f"{exc.__class__.__name__}: {exc}", "retry_in_secs": backoff},
                 )
             await asyncio.sleep(backoff)

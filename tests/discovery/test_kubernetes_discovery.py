@@ -158,3 +158,19 @@ async def test_pd_roles_and_bootstrap_port_annotation(kube: FakeKubeApi) -> None
             assert seen[f"http://{prefill_ip}:{port}"]["bootstrap_port"] == bootstrap
             assert seen[f"http://{decode_ip}:{port}"]["role"] == "decode"
             assert seen[f"http://{decode_ip}:{port}"]["bootstrap_port"] is None
+
+
+async def test_refused_credentials_are_logged_with_what_to_grant(
+    kube: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="atom_mesh.discovery")
+    monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "wrong", token="wrong")))
+    kube.put_pod(pod("vllm-0", "127.0.0.2", APP))
+    config = make_config(workers=[], discovery=DiscoveryConfig(service_discovery=True, selector=["app=vllm"]))
+    async with running_router(config, wait_ready=False) as router:
+
+        async def refused() -> bool:
+            return any("needs get, list and watch on pods" in r.getMessage() for r in caplog.records)
+
+        await eventually(refused, "401 logged with the RBAC hint")
+        assert await list_workers(router.http, router.url) == []

@@ -119,15 +119,16 @@ class FakeKubeApi:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def write_kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig (JSON is valid YAML) that points a client at this server."""
+    def write_kubeconfig(self, path: Path, token: str = TOKEN) -> Path:
+        """A kubeconfig (JSON is valid YAML) that points a client at this server (with
+        another `token`, every call is refused with 401)."""
         path.write_text(
             json.dumps(
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
                     "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-                    "users": [{"name": "fake", "user": {"token": TOKEN}}],
+                    "users": [{"name": "fake", "user": {"token": token}}],
                     "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
                     "current-context": "fake",
                 }
