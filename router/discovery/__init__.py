@@ -7,6 +7,8 @@ admin API makes (add; drain, which removes once idle), using the pure plan of
 `reconcile.plan_changes`. A source only ever touches the workers it registered itself, so
 a file that forgets a worker never drains one from flags or the admin API.
 
-Wiring (router/app.py): `DiscoveryService(config, manager)` after `manager.start()`;
-`await discovery.start()`, and `await discovery.stop()` before `manager.stop()`.
+Wiring (router/app.py): `service.DiscoveryService(config, manager)` built with the
+manager; `await discovery.start()` after `manager.start()` in the lifespan, and
+`await discovery.stop()` before `manager.stop()`. Flags: `router.cli`'s "Worker
+discovery" group, settings `router.config.DiscoveryConfig`; reference docs/discovery.md.
 """
