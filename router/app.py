@@ -6,8 +6,9 @@ dispatch -> render), taken by `RouterApp` before Starlette's middleware. Everyth
 
 Start-up (lifespan): the pooled upstream session (all inference traffic and /v1/models),
 the worker manager (registration with the adapter's hook, health checks; it keeps its own
-small session for probes, since the admin routes need it before the loop runs), the
-policies' eviction tick. Shutdown closes them in reverse.
+small session for probes, since the admin routes need it before the loop runs), worker
+discovery (`router.discovery`: a watched file, Kubernetes pods), the policies' eviction
+tick. Shutdown closes them in reverse.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from router.admin import admin_routes
 from router.admission import AdmissionCollector, AdmissionController
 from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
+from router.discovery.service import DiscoveryService
 from router.dispatch import Dispatcher, create_session
-from router.errors import ApiError, AuthError
+from router.drain import Drain
+from router.errors import ApiError, AuthError, ShuttingDown
 from router.inference import InferencePath
 from router.kv_events import KVEventFeed
 from router.metrics import RouterMetrics
@@ -70,7 +73,7 @@ class RouterService:
         self.registry = WorkerRegistry()
         self.metrics = RouterMetrics()
         self.admission = AdmissionController(config.admission)
-        self.tokenizer = load_tokenizer(config.tokenizer_path)
+        self.tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
         rng = random.Random(config.seed)
         # The engines' KV events feed one index, read by every kv_aware pool.
         kv_index = KVBlockIndex() if config.uses_policy("kv_aware") else None
@@ -79,6 +82,7 @@ class RouterService:
         )
         self.registry.on_removed(self.planner.on_worker_removed)
         self.manager = WorkerManager(config, self.registry)
+        self.discovery = DiscoveryService(config, self.manager)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
         self.kv_events: KVEventFeed | None = None
@@ -88,8 +92,10 @@ class RouterService:
             self.manager.add_registration_hook(self.kv_events.subscribe)
             self.metrics.registry.register(self.kv_events)
         self._rng = rng
+        # Graceful shutdown (router.server drives it): readiness and the inference path read it.
+        self.drain = Drain()
         self.inference = InferencePath(
-            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.tracer
+            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.drain, self.tracer
         )
         self.session: aiohttp.ClientSession | None = None
         self.adapter: Adapter | None = None
@@ -108,12 +114,14 @@ class RouterService:
             adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng, tracer=self.tracer
         )
         await self.manager.start()
+        await self.discovery.start()
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
         try:
             yield
         finally:
             evictor.cancel()
             await asyncio.gather(evictor, return_exceptions=True)
+            await self.discovery.stop()
             await self.manager.stop()
             if self.kv_events is not None:
                 await self.kv_events.stop()
@@ -142,6 +150,8 @@ class RouterService:
         return all(any(w.role is r and w.accepts_new_requests(now) for w in self.registry) for r in roles)
 
     async def readiness(self, _request: Request) -> Response:
+        if self.drain.draining:
+            return error_response(ShuttingDown("shutting down: finishing in-flight requests, taking no new ones"))
         if self.usable():
             return Response(b'{"status":"ready"}', media_type="application/json")
         need = "a ready prefill and a ready decode worker" if self.config.pd_disaggregation else "a ready worker"

@@ -98,6 +98,29 @@ class AdmissionConfig:
 
 
 @dataclass
+class DiscoveryConfig:
+    """Where workers come from besides flags, --config-file and the admin API
+    (`router.discovery`); flag names follow sglang-router / smg."""
+
+    # A JSON or YAML list of worker specs, reread when it changes (None: off).
+    file: str | None = None
+    # Reread the file (and re-apply it) at least this often even when it looks unchanged.
+    check_interval_secs: float = 60.0
+    # Kubernetes pods by label selector (needs the k8s extra).
+    service_discovery: bool = False
+    # Label selectors as "key=value" pairs: regular workers, or the P/D pools.
+    selector: list[str] = field(default_factory=list)
+    prefill_selector: list[str] = field(default_factory=list)
+    decode_selector: list[str] = field(default_factory=list)
+    # The port the engine serves on inside each pod (the worker URL is http://<podIP>:<port>).
+    port: int = 80
+    # None: watch pods in every namespace (needs a ClusterRole).
+    namespace: str | None = None
+    # Pod annotation that carries a prefill pod's bootstrap port.
+    bootstrap_port_annotation: str = "sglang.ai/bootstrap-port"
+
+
+@dataclass
 class TracingConfig:
     """OpenTelemetry tracing (router.tracing); smg's flag names. Off unless one is set."""
 
@@ -143,6 +166,9 @@ class RouterConfig:
     request_id_headers: list[str] = field(default_factory=lambda: ["x-request-id"])
     # Tokenizer (a local directory or tokenizer.json) for token-level routing keys.
     tokenizer_path: str | None = None
+    # The chat template (a file, or the template itself) when the tokenizer directory has
+    # none or another one is served (vLLM's --chat-template); chats are rendered with it.
+    chat_template: str | None = None
     # kv_aware: subscribe to tcp://<worker host>:<this port> for workers that name no
     # kv_events_endpoint of their own (vLLM publishes on 5557 by default).
     kv_events_port: int | None = None
@@ -151,6 +177,10 @@ class RouterConfig:
     log_level: str = "warning"
     log_json: bool = False
     seed: int | None = None
+    # Graceful shutdown (smg's flag): after SIGTERM/SIGINT, how long in-flight requests may
+    # run on before they are cancelled and the router exits.
+    shutdown_grace_period_secs: float = 180.0
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def policy_for(self, role: str) -> str:
