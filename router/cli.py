@@ -187,6 +187,32 @@ def build_parser() -> argparse.ArgumentParser:
     _option(o, "--log-level", "log_level", choices=["debug", "info", "warning", "error"])
     _option(o, "--log-json", "log_json", action="store_true", help="One JSON object per log line.")
     _option(o, "--seed", "seed", type=int, help="Seed for random policies (reproducible tests).")
+
+    m = p.add_argument_group("Engine load monitoring and overload protection")
+    _option(m, "--load-monitor-interval", "load_monitor.interval_secs", help="Seconds between scrapes of each worker's /metrics.")
+    _option(m, "--disable-load-monitoring", "load_monitor.enabled", action="store_false")
+    _option(
+        m,
+        "--worker-overload-waiting-requests",
+        "load_monitor.overload_waiting_requests",
+        metavar="N",
+        help="A worker whose engine queues N or more requests is overloaded (>= 1).",
+    )
+    _option(
+        m,
+        "--worker-overload-token-usage",
+        "load_monitor.overload_token_usage",
+        metavar="FRACTION",
+        help="A worker whose KV cache is at least this full (0-1] is overloaded.",
+    )
+    _option(m, "--disable-worker-overload-protection", "load_monitor.overload_protection", action="store_false")
+    _option(
+        m,
+        "--worker-overload-shed",
+        "load_monitor.overload_shed",
+        action="store_true",
+        help="When every candidate is overloaded, answer 503 with Retry-After instead of using the least loaded.",
+    )
     return p
 
 
@@ -276,8 +302,22 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     ):
         if getattr(args, dest) < 0:
             raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")
+    _check_load_monitor(args)
     config: RouterConfig = _from_flags(_DEFAULTS, args, workers=workers, backend=backend)
     return config
+
+
+def _check_load_monitor(args: argparse.Namespace) -> None:
+    """The load monitor's settings are in range, or a `UsageError` says which is not."""
+    interval = getattr(args, "load_monitor.interval_secs")
+    waiting = getattr(args, "load_monitor.overload_waiting_requests")
+    usage = getattr(args, "load_monitor.overload_token_usage")
+    if not interval > 0:
+        raise UsageError(f"--load-monitor-interval must be more than 0 seconds, got {interval}")
+    if waiting < 1:
+        raise UsageError(f"--worker-overload-waiting-requests must be 1 or more, got {waiting}")
+    if not 0 < usage <= 1:
+        raise UsageError(f"--worker-overload-token-usage must be within (0, 1], got {usage}")
 
 
 def _exit_usage(err: UsageError) -> NoReturn:
