@@ -36,7 +36,8 @@ from router.admission import AdmissionCollector, AdmissionController
 from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, create_session
-from router.errors import ApiError, AuthError
+from router.drain import Drain
+from router.errors import ApiError, AuthError, ShuttingDown
 from router.inference import InferencePath
 from router.kv_events import KVEventFeed
 from router.metrics import RouterMetrics
@@ -64,7 +65,7 @@ class RouterService:
         self.registry = WorkerRegistry()
         self.metrics = RouterMetrics()
         self.admission = AdmissionController(config.admission)
-        self.tokenizer = load_tokenizer(config.tokenizer_path)
+        self.tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
         rng = random.Random(config.seed)
         # The engines' KV events feed one index, read by every kv_aware pool.
         kv_index = KVBlockIndex() if config.uses_policy("kv_aware") else None
@@ -83,7 +84,11 @@ class RouterService:
             self.manager.add_registration_hook(self.kv_events.subscribe)
             self.metrics.registry.register(self.kv_events)
         self._rng = rng
-        self.inference = InferencePath(config, self.tokenizer, self.admission, self.metrics, self.registry, self.place)
+        # Graceful shutdown (router.server drives it): readiness and the inference path read it.
+        self.drain = Drain()
+        self.inference = InferencePath(
+            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.drain
+        )
         self.session: aiohttp.ClientSession | None = None
         self.adapter: Adapter | None = None
 
@@ -136,6 +141,8 @@ class RouterService:
         return all(any(w.role is r and w.accepts_new_requests(now) for w in self.registry) for r in roles)
 
     async def readiness(self, _request: Request) -> Response:
+        if self.drain.draining:
+            return error_response(ShuttingDown("shutting down: finishing in-flight requests, taking no new ones"))
         if self.usable():
             return Response(b'{"status":"ready"}', media_type="application/json")
         need = "a ready prefill and a ready decode worker" if self.config.pd_disaggregation else "a ready worker"

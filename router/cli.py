@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     _option(r, "--tokenizer-path", "tokenizer_path", help="Tokenizer dir or tokenizer.json for token-level routing keys.")
     _option(
         r,
+        "--chat-template",
+        "chat_template",
+        help="Chat template (a file or the template text) for routing keys of chats; default: the tokenizer dir's own.",
+    )
+    _option(
+        r,
         "--kv-events-port",
         "kv_events_port",
         type=int,
@@ -187,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     _option(o, "--log-level", "log_level", choices=["debug", "info", "warning", "error"])
     _option(o, "--log-json", "log_json", action="store_true", help="One JSON object per log line.")
     _option(o, "--seed", "seed", type=int, help="Seed for random policies (reproducible tests).")
+
+    s = p.add_argument_group("Shutdown")
+    _option(
+        s,
+        "--shutdown-grace-period-secs",
+        "shutdown_grace_period_secs",
+        help="On SIGTERM/SIGINT: /readiness and new requests answer 503 at once; in-flight requests get this "
+        "long to finish before they are cancelled and the router exits 0. A second signal exits at once.",
+    )
 
     m = p.add_argument_group("Engine load monitoring and overload protection")
     _option(m, "--load-monitor-interval", "load_monitor.interval_secs", help="Seconds between scrapes of each worker's /metrics.")
@@ -299,6 +314,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     for flag, dest in (
         ("--disagg-min-uncached-tokens", "disagg.min_uncached_tokens"),
         ("--disagg-max-prefill-queue", "disagg.max_prefill_queue"),
+        ("--shutdown-grace-period-secs", "shutdown_grace_period_secs"),
     ):
         if getattr(args, dest) < 0:
             raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")

@@ -143,6 +143,9 @@ class RouterConfig:
     request_id_headers: list[str] = field(default_factory=lambda: ["x-request-id"])
     # Tokenizer (a local directory or tokenizer.json) for token-level routing keys.
     tokenizer_path: str | None = None
+    # The chat template (a file, or the template itself) when the tokenizer directory has
+    # none or another one is served (vLLM's --chat-template); chats are rendered with it.
+    chat_template: str | None = None
     # kv_aware: subscribe to tcp://<worker host>:<this port> for workers that name no
     # kv_events_endpoint of their own (vLLM publishes on 5557 by default).
     kv_events_port: int | None = None
@@ -151,6 +154,9 @@ class RouterConfig:
     log_level: str = "warning"
     log_json: bool = False
     seed: int | None = None
+    # Graceful shutdown (smg's flag): after SIGTERM/SIGINT, how long in-flight requests may
+    # run on before they are cancelled and the router exits.
+    shutdown_grace_period_secs: float = 180.0
     load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)
 
     def policy_for(self, role: str) -> str:

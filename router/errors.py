@@ -13,7 +13,8 @@ without knowing which stage raised it (as httpx and Starlette keep one exception
         ├── AdmissionRejected             429 (RateLimited, QueueFull), 503 (QueueTimeout)
         ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...,
         │                                 WorkerOverloadShed), 404 UnknownModel
-        └── WorkerRequestError            400 bad worker spec, 409, 404, 503 (admin API)
+        ├── WorkerRequestError            400 bad worker spec, 409, 404, 503 (admin API)
+        └── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
 
 `Retry-After` is derived in one place (`ApiError.headers`) from `retry_after`, the
 seconds the raiser knows the client should wait.
@@ -238,3 +239,20 @@ class WorkerStartFailedError(WorkerRequestError):
     status = 503
     type = "service_unavailable"
     code = "worker_failed"
+
+
+# -- graceful shutdown (router.drain, router.server) ------------------------------------------
+
+
+class ShuttingDown(TypedError):
+    """The router is draining for shutdown: /readiness, new inference requests, and
+    requests still running when the grace period ends. `Connection: close` so a client's
+    pooled connection is not reused against this instance."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers, ("connection", "close")]

@@ -27,7 +27,8 @@ from starlette.types import Receive, Scope, Send
 from router.admission import AdmissionController, Slot
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, Reply
-from router.errors import ApiError
+from router.drain import Drain
+from router.errors import ApiError, ShuttingDown
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
 from router.placement.types import PlacementPlan, RequestDescriptor
@@ -55,8 +56,10 @@ class InferencePath:
         metrics: RouterMetrics,
         registry: WorkerRegistry,
         place: Callable[[RequestDescriptor], PlacementPlan],
+        drain: Drain,
     ) -> None:
         self._config = config
+        self._drain = drain
         self._planner = place
         self._tokenizer = tokenizer
         self._admission = admission
@@ -68,16 +71,25 @@ class InferencePath:
         """Answer one request: prepare -> place -> dispatch -> render.
 
         Every request gets exactly one answer (an OpenAI error body when a step fails) and
-        is counted once in the request metrics, with the status the client saw.
+        is counted once in the request metrics, with the status the client saw. While the
+        router drains for shutdown, new requests get 503 `shutting_down`, and those still
+        running when the grace period ends are cancelled and told so (`router.drain`).
         """
         started = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         model, status, id_token = "unknown", 500, None
+        drain = self._drain
         try:
+            drain.enter()
+        except ShuttingDown as err:
+            await send_error(send, err)
+            self._metrics.request_done(route, model, err.status, time.perf_counter() - started)
+            return
+        writer = StreamWriter(send)
+        try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             prepared = self._prepare(route, await read_body(receive, headers, self._config.max_payload_size), headers)
             id_token = request_id_var.set(prepared.descriptor.request_id)
             model = self._model_label(prepared.descriptor.model)
-            writer = StreamWriter(send)
             async with self._admitted(), HangUpWatch(receive, writer) as client:
                 plan = self._place(prepared)
                 reply = await self._dispatch(prepared, plan)
@@ -87,7 +99,12 @@ class InferencePath:
         except ApiError as err:
             status = err.status
             await send_error(send, err)
+        except asyncio.CancelledError:
+            if not drain.expired:
+                raise
+            status = await _end_cut_short(send, writer)
         finally:
+            drain.leave()
             self._metrics.request_done(route, model, status, time.perf_counter() - started)
             if id_token is not None:
                 request_id_var.reset(id_token)
@@ -172,6 +189,21 @@ class _Admitted:
     async def __aexit__(self, *exc: object) -> None:
         assert self._slot is not None
         self._slot.release()
+
+
+async def _end_cut_short(send: Send, writer: StreamWriter) -> int:
+    """End a request the shutdown cancelled when its grace period ran out: a 503, or on a
+    started stream an SSE error event and `[DONE]`; return the status to record. The
+    cancellation is absorbed here (uncancelled), as the request now ends normally."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.uncancel()
+    err = ShuttingDown("router shut down before this answer was complete (grace period over); retry the request")
+    if writer.started:
+        await writer.fail(err)
+    else:
+        await send_error(send, err)
+    return err.status
 
 
 async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
