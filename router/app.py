@@ -6,9 +6,10 @@ dispatch -> render), taken by `RouterApp` before Starlette's middleware. Everyth
 
 Start-up (lifespan): the pooled upstream session (all inference traffic and /v1/models),
 the worker manager (registration with the adapter's hook, health checks; it keeps its own
-small session for probes, since the admin routes need it before the loop runs), the
-load monitor (scrapes the engines' /metrics with the manager's session), the policies'
-eviction tick. Shutdown closes them in reverse.
+small session for probes, since the admin routes need it before the loop runs), worker
+discovery (`router.discovery`: a watched file, Kubernetes pods), the load monitor
+(scrapes the engines' /metrics with the manager's session), the policies' eviction tick.
+Shutdown closes them in reverse.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from router.admin import admin_routes
 from router.admission import AdmissionCollector, AdmissionController
 from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
+from router.discovery.service import DiscoveryService
 from router.dispatch import Dispatcher, create_session
 from router.drain import Drain
 from router.errors import ApiError, AuthError, ShuttingDown
@@ -74,6 +76,7 @@ class RouterService:
         )
         self.registry.on_removed(self.planner.on_worker_removed)
         self.manager = WorkerManager(config, self.registry)
+        self.discovery = DiscoveryService(config, self.manager)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
         self.load_monitor = LoadMonitor(config.load_monitor, self.registry, self.manager.clock)
@@ -106,6 +109,7 @@ class RouterService:
             adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng
         )
         await self.manager.start()
+        await self.discovery.start()
         self.load_monitor.start(self.manager.session)
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
         try:
@@ -114,6 +118,7 @@ class RouterService:
             evictor.cancel()
             await asyncio.gather(evictor, return_exceptions=True)
             await self.load_monitor.stop()
+            await self.discovery.stop()
             await self.manager.stop()
             if self.kv_events is not None:
                 await self.kv_events.stop()

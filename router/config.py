@@ -98,6 +98,29 @@ class AdmissionConfig:
 
 
 @dataclass
+class DiscoveryConfig:
+    """Where workers come from besides flags, --config-file and the admin API
+    (`router.discovery`); flag names follow sglang-router / smg."""
+
+    # A JSON or YAML list of worker specs, reread when it changes (None: off).
+    file: str | None = None
+    # Reread the file (and re-apply it) at least this often even when it looks unchanged.
+    check_interval_secs: float = 60.0
+    # Kubernetes pods by label selector (needs the k8s extra).
+    service_discovery: bool = False
+    # Label selectors as "key=value" pairs: regular workers, or the P/D pools.
+    selector: list[str] = field(default_factory=list)
+    prefill_selector: list[str] = field(default_factory=list)
+    decode_selector: list[str] = field(default_factory=list)
+    # The port the engine serves on inside each pod (the worker URL is http://<podIP>:<port>).
+    port: int = 80
+    # None: watch pods in every namespace (needs a ClusterRole).
+    namespace: str | None = None
+    # Pod annotation that carries a prefill pod's bootstrap port.
+    bootstrap_port_annotation: str = "sglang.ai/bootstrap-port"
+
+
+@dataclass
 class LoadMonitorConfig:
     """Reading each engine's own load numbers, and keeping requests off overloaded workers
     (smg's flag names and thresholds; `router.workers.load_monitor`, docs/load-monitor.md)."""
@@ -157,6 +180,7 @@ class RouterConfig:
     # Graceful shutdown (smg's flag): after SIGTERM/SIGINT, how long in-flight requests may
     # run on before they are cancelled and the router exits.
     shutdown_grace_period_secs: float = 180.0
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)
 
     def policy_for(self, role: str) -> str:
