@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -49,6 +49,7 @@ from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
 from router.render import error_response
 from router.tokenizer import load_tokenizer
+from router.tracing import create_tracer
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager
 from router.workers.load_monitor import LoadMonitor
@@ -56,14 +57,21 @@ from router.workers.model_list import ModelEntry, ModelListUnavailable, fetch_mo
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Role, Worker
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 logger = logging.getLogger("atom_mesh.app")
 
 
 class RouterService:
-    """Everything one router instance holds; the non-inference handlers are its methods."""
+    """Everything one router instance holds; the non-inference handlers are its methods.
 
-    def __init__(self, config: RouterConfig) -> None:
+    `tracer_provider`: an OpenTelemetry SDK provider to trace into (embedders, tests);
+    without one, tracing follows `config.tracing` (see router.tracing.create_tracer)."""
+
+    def __init__(self, config: RouterConfig, tracer_provider: TracerProvider | None = None) -> None:
         self.config = config
+        self.tracer = create_tracer(config.tracing, tracer_provider)
         self.registry = WorkerRegistry()
         self.metrics = RouterMetrics()
         self.admission = AdmissionController(config.admission)
@@ -90,7 +98,7 @@ class RouterService:
         # Graceful shutdown (router.server drives it): readiness and the inference path read it.
         self.drain = Drain()
         self.inference = InferencePath(
-            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.drain
+            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.drain, self.tracer
         )
         self.session: aiohttp.ClientSession | None = None
         self.adapter: Adapter | None = None
@@ -102,11 +110,11 @@ class RouterService:
         self.session = create_session()
         # Without --pd-disaggregation every backend's workers are plain OpenAI servers.
         adapter_cls = ADAPTERS[self.config.backend] if self.config.pd_disaggregation else OpenAIAdapter
-        self.adapter = adapter_cls(self.session)
+        self.adapter = adapter_cls(self.session, self.tracer)
         adapter = self.adapter
         self.manager.add_registration_hook(lambda worker, _session: adapter.prepare_worker(worker))
         self.inference.dispatcher = Dispatcher(
-            adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng
+            adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng, tracer=self.tracer
         )
         await self.manager.start()
         await self.discovery.start()
@@ -123,6 +131,7 @@ class RouterService:
             if self.kv_events is not None:
                 await self.kv_events.stop()
             await self.session.close()
+            await asyncio.to_thread(self.tracer.shutdown)  # flushes spans still queued for export
 
     async def _evict_forever(self) -> None:
         interval = max(1, self.config.policy_config.eviction_interval_secs)
@@ -223,9 +232,10 @@ class _InferenceRoute:
         await self.inference.serve(self.route, scope, receive, send)
 
 
-def create_app(config: RouterConfig) -> RouterApp:
-    """The router's ASGI app for `config` (workers register in the background at start)."""
-    service = RouterService(config)
+def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None = None) -> RouterApp:
+    """The router's ASGI app for `config` (workers register in the background at start);
+    `tracer_provider` as in `RouterService`."""
+    service = RouterService(config, tracer_provider)
     routes = [
         Route(CHAT_ROUTE, _InferenceRoute(service.inference, CHAT_ROUTE), methods=["POST"]),
         Route(COMPLETIONS_ROUTE, _InferenceRoute(service.inference, COMPLETIONS_ROUTE), methods=["POST"]),

@@ -239,6 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="Pod annotation that holds a prefill pod's bootstrap port.",
     )
 
+    tr = p.add_argument_group("Tracing (OpenTelemetry; needs atom-mesh[otel])")
+    _option(
+        tr,
+        "--otlp-traces-endpoint",
+        "tracing.otlp_traces_endpoint",
+        type=str,
+        help="Export spans over OTLP and turn tracing on: HOST:PORT for OTLP/gRPC, http(s)://HOST:PORT[/PATH] "
+        "for OTLP/HTTP protobuf (path default /v1/traces).",
+    )
+    _option(
+        tr,
+        "--enable-trace",
+        "tracing.enable_trace",
+        action="store_true",
+        help="Turn tracing on (as in smg); without --otlp-traces-endpoint spans go to localhost:4317 (OTLP/gRPC).",
+    )
+
     m = p.add_argument_group("Engine load monitoring and overload protection")
     _option(m, "--load-monitor-interval", "load_monitor.interval_secs", help="Seconds between scrapes of each worker's /metrics.")
     _option(m, "--disable-load-monitoring", "load_monitor.enabled", action="store_false")
@@ -349,6 +366,13 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     _check_load_monitor(args)
     config: RouterConfig = _from_flags(_DEFAULTS, args, workers=workers, backend=backend)
     _check_discovery(config)
+    if config.tracing.enabled:
+        from router.tracing import TracingUnavailable, check_available
+
+        try:
+            check_available(config.tracing)
+        except TracingUnavailable as exc:
+            raise UsageError(str(exc)) from None
     return config
 
 

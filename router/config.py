@@ -121,6 +121,25 @@ class DiscoveryConfig:
 
 
 @dataclass
+class TracingConfig:
+    """OpenTelemetry tracing (router.tracing); smg's flag names. Off unless one is set."""
+
+    # `host:port`: OTLP/gRPC; `http(s)://host:port[/path]`: OTLP/HTTP protobuf
+    # (path default /v1/traces). Setting it turns tracing on.
+    otlp_traces_endpoint: str | None = None
+    # smg's switch: tracing on, to `otlp_traces_endpoint` or else localhost:4317 (gRPC).
+    enable_trace: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.enable_trace or bool(self.otlp_traces_endpoint)
+
+    @property
+    def endpoint(self) -> str:
+        return self.otlp_traces_endpoint or "localhost:4317"
+
+
+@dataclass
 class LoadMonitorConfig:
     """Reading each engine's own load numbers, and keeping requests off overloaded workers
     (smg's flag names and thresholds; `router.workers.load_monitor`, docs/load-monitor.md)."""
@@ -181,6 +200,7 @@ class RouterConfig:
     # run on before they are cancelled and the router exits.
     shutdown_grace_period_secs: float = 180.0
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)
 
     def policy_for(self, role: str) -> str:
