@@ -84,6 +84,7 @@ class SimWorker:
         # harness can check that a router propagates trace context to each leg.
         self.last_traceparent: str | None = None
         self.engine = AsyncEngine(cfg, cache_events=self._publish_cache_events if kv_events else None)
+        self.engine.set_paused(spec.faults.paused)
         self._kv_events = kv_events
         self._publisher: Any = None  # engine_sim.kv_events.KVEventPublisher, once started
         self._hub = hub
@@ -148,6 +149,7 @@ class SimWorker:
         new = self.faults.updated(changes)
         if new.listening != self.faults.listening:
             await self.set_listening(new.listening, keep)
+        self.engine.set_paused(new.paused)
         self.faults = new
         logger.info("worker %d (%s) faults now %s", self.index, self.url, changes)
         return new

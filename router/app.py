@@ -7,8 +7,9 @@ dispatch -> render), taken by `RouterApp` before Starlette's middleware. Everyth
 Start-up (lifespan): the pooled upstream session (all inference traffic and /v1/models),
 the worker manager (registration with the adapter's hook, health checks; it keeps its own
 small session for probes, since the admin routes need it before the loop runs), worker
-discovery (`router.discovery`: a watched file, Kubernetes pods), the policies' eviction
-tick. Shutdown closes them in reverse.
+discovery (`router.discovery`: a watched file, Kubernetes pods), the load monitor
+(scrapes the engines' /metrics with the manager's session), the policies' eviction tick.
+Shutdown closes them in reverse.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from router.tokenizer import load_tokenizer
 from router.tracing import create_tracer
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager
+from router.workers.load_monitor import LoadMonitor
 from router.workers.model_list import ModelEntry, ModelListUnavailable, fetch_model_list
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Role, Worker
@@ -85,6 +87,7 @@ class RouterService:
         self.discovery = DiscoveryService(config, self.manager)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
+        self.load_monitor = LoadMonitor(config.load_monitor, self.registry, self.manager.clock)
         self.kv_events: KVEventFeed | None = None
         if kv_index is not None:
             self.kv_events = KVEventFeed(kv_index, config.kv_events_port)
@@ -115,12 +118,14 @@ class RouterService:
         )
         await self.manager.start()
         await self.discovery.start()
+        self.load_monitor.start(self.manager.session)
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
         try:
             yield
         finally:
             evictor.cancel()
             await asyncio.gather(evictor, return_exceptions=True)
+            await self.load_monitor.stop()
             await self.discovery.stop()
             await self.manager.stop()
             if self.kv_events is not None:

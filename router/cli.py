@@ -255,6 +255,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Turn tracing on (as in smg); without --otlp-traces-endpoint spans go to localhost:4317 (OTLP/gRPC).",
     )
+
+    m = p.add_argument_group("Engine load monitoring and overload protection")
+    _option(m, "--load-monitor-interval", "load_monitor.interval_secs", help="Seconds between scrapes of each worker's /metrics.")
+    _option(m, "--disable-load-monitoring", "load_monitor.enabled", action="store_false")
+    _option(
+        m,
+        "--worker-overload-waiting-requests",
+        "load_monitor.overload_waiting_requests",
+        metavar="N",
+        help="A worker whose engine queues N or more requests is overloaded (>= 1).",
+    )
+    _option(
+        m,
+        "--worker-overload-token-usage",
+        "load_monitor.overload_token_usage",
+        metavar="FRACTION",
+        help="A worker whose KV cache is at least this full (0-1] is overloaded.",
+    )
+    _option(m, "--disable-worker-overload-protection", "load_monitor.overload_protection", action="store_false")
+    _option(
+        m,
+        "--worker-overload-shed",
+        "load_monitor.overload_shed",
+        action="store_true",
+        help="When every candidate is overloaded, answer 503 with Retry-After instead of using the least loaded.",
+    )
     return p
 
 
@@ -337,6 +363,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     ):
         if getattr(args, dest) < 0:
             raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")
+    _check_load_monitor(args)
     config: RouterConfig = _from_flags(_DEFAULTS, args, workers=workers, backend=backend)
     _check_discovery(config)
     if config.tracing.enabled:
@@ -347,6 +374,19 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         except TracingUnavailable as exc:
             raise UsageError(str(exc)) from None
     return config
+
+
+def _check_load_monitor(args: argparse.Namespace) -> None:
+    """The load monitor's settings are in range, or a `UsageError` says which is not."""
+    interval = getattr(args, "load_monitor.interval_secs")
+    waiting = getattr(args, "load_monitor.overload_waiting_requests")
+    usage = getattr(args, "load_monitor.overload_token_usage")
+    if not interval > 0:
+        raise UsageError(f"--load-monitor-interval must be more than 0 seconds, got {interval}")
+    if waiting < 1:
+        raise UsageError(f"--worker-overload-waiting-requests must be 1 or more, got {waiting}")
+    if not 0 < usage <= 1:
+        raise UsageError(f"--worker-overload-token-usage must be within (0, 1], got {usage}")
 
 
 def _importable(module: str) -> bool:

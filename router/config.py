@@ -140,6 +140,25 @@ class TracingConfig:
 
 
 @dataclass
+class LoadMonitorConfig:
+    """Reading each engine's own load numbers, and keeping requests off overloaded workers
+    (smg's flag names and thresholds; `router.workers.load_monitor`, docs/load-monitor.md)."""
+
+    enabled: bool = True
+    # Seconds between scrapes of every worker's /metrics. smg polls every 10 s; 1 s keeps
+    # the sample younger than a typical request, so overload is seen while it matters.
+    interval_secs: float = 1.0
+    # A worker whose engine queues at least this many requests is overloaded (>= 1).
+    overload_waiting_requests: int = 8
+    # ... or whose KV cache is at least this full (a fraction in (0, 1]).
+    overload_token_usage: float = 0.8
+    overload_protection: bool = True
+    # Every candidate overloaded: refuse with 503 + Retry-After instead of taking the
+    # least loaded of them.
+    overload_shed: bool = False
+
+
+@dataclass
 class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 30000
@@ -182,6 +201,7 @@ class RouterConfig:
     shutdown_grace_period_secs: float = 180.0
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)
 
     def policy_for(self, role: str) -> str:
         """The policy name for a pool: prefill/decode overrides fall back to `policy`."""
