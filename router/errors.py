@@ -11,7 +11,8 @@ without knowing which stage raised it (as httpx and Starlette keep one exception
     └── TypedError                status, type and code fixed by the class, one per cause
         ├── AuthError                     401 invalid_api_key, WWW-Authenticate: Bearer
         ├── AdmissionRejected             429 (RateLimited, QueueFull), 503 (QueueTimeout)
-        ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...), 404 UnknownModel
+        ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...,
+        │                                 WorkerOverloadShed), 404 UnknownModel
         ├── WorkerRequestError            400 bad worker spec, 409, 404, 503 (admin API)
         └── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
 
@@ -196,6 +197,13 @@ class NoHealthyPrefillError(PlacementError):
 
 class NoHealthyDecodeError(PlacementError):
     code = "no_healthy_decode"
+
+
+class WorkerOverloadShedError(PlacementError):
+    """Every candidate is overloaded and `--worker-overload-shed` is on; `retry_after` is
+    the load monitor's interval, when the next engine numbers arrive."""
+
+    code = "worker_overload_protection_shed"
 
 
 class UnknownModelError(PlacementError):
