@@ -14,7 +14,8 @@ without knowing which stage raised it (as httpx and Starlette keep one exception
         ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...,
         │                                 WorkerOverloadShed), 404 UnknownModel
         ├── WorkerRequestError            400 bad worker spec, 409, 404, 503 (admin API)
-        └── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
+        ├── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
+        └── InvalidGenerationRequest      400 invalid_parameter (router.generation: sampling, prompt)
 
 `Retry-After` is derived in one place (`ApiError.headers`) from `retry_after`, the
 seconds the raiser knows the client should wait.
