@@ -167,3 +167,38 @@ def test_text_equals_vllms_detokenizer(tok: Tokenizer) -> None:
         finishes.append("stop string" if matched else finish)
     # the cases cover stop strings, stop tokens and running out of tokens
     assert {"stop string", "stop", "length"} <= set(finishes)
+
+
+@pytest.mark.slow
+def test_logprob_token_texts_equal_vllms(tok: Tokenizer, tiny_llama: Path) -> None:
+    """Each token's logprob string, sampled and alternative, equals vLLM's LogprobsProcessor
+    output over multi-byte text (incomplete bytes '' until the completing token)."""
+    import numpy as np
+    from vllm.tokenizers import get_tokenizer
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
+    vllm_tok = get_tokenizer(str(tiny_llama))
+    texts = TokenTexts(tok)
+    rng = random.Random(3)
+    for text in [*MULTIBYTE, "x</s>y"]:
+        ids = [*tok.encode(text, add_special_tokens=False).ids, EOS]
+        processor = LogprobsProcessor(
+            tokenizer=vllm_tok,
+            logprobs=[],
+            prompt_logprobs=None,
+            cumulative_logprob=0.0,
+            num_logprobs=2,
+            num_prompt_logprobs=None,
+        )
+        alternatives = []
+        for t in ids:
+            alts = [t, *rng.sample(range(3, tok.get_vocab_size()), 2)]
+            alternatives.append(alts)
+            processor._update_sample_logprobs(
+                ([np.array(alts)], [np.array([-1.0, -2.0, -3.0])], [np.array([1])], None)  # type: ignore[arg-type]
+            )
+        assert processor.logprobs is not None
+        for i, (position, alts) in enumerate(zip(processor.logprobs, alternatives, strict=True)):
+            theirs = [position[a].decoded_token for a in alts]
+            ours = [texts.text(a, ids[:i]) for a in alts]
+            assert ours == theirs, (text, i)
