@@ -179,6 +179,8 @@ def sampling_params(body: Mapping[str, Any], *, chat: bool) -> SamplingParams:
     Raises `InvalidGenerationRequest` (400) for a bad value or an unsupported feature."""
     _refuse_unsupported(body, chat=chat)
     stream = _flag(body, "stream", False)
+    if body.get("stream_options") is not None and not stream:
+        raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
     if chat:
         max_tokens = _integer(body, "max_completion_tokens") or _integer(body, "max_tokens")
         logprobs = _chat_logprobs(body)

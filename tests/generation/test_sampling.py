@@ -117,6 +117,7 @@ def test_chat_logprobs_are_a_flag_plus_top_logprobs(body: dict[str, Any], expect
         ({"ignore_eos": "yes"}, True, "ignore_eos", "`ignore_eos` must be a boolean."),
         ({"seed": True}, True, "seed", "`seed` must be an integer."),
         ({"prompt_logprobs": 1, "stream": True}, False, "prompt_logprobs", "not available when `stream=True`"),
+        ({"stream_options": {"include_usage": True}}, True, "stream_options", "only be defined when `stream=True`"),
         ({"logit_bias": {"a": 1}}, True, "logit_bias", "logit_bias keys must be token ids"),
         ({"logit_bias": {"1": 101}}, True, "logit_bias", "in [-100, 100]"),
     ],
