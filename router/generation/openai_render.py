@@ -28,8 +28,8 @@ from router.errors import ApiError
 from router.generation.detokenize import IncrementalDetokenizer, TokenTexts
 from router.generation.parsers import MessageDelta, ResponseParser
 from router.generation.types import GenerationChunk, TokenLogprob
+from router.render import SSE_DONE
 
-SSE_DONE = b"data: [DONE]\n\n"
 # vLLM clamps -inf logprobs to this so the JSON stays valid (OpenAI does the same).
 _MIN_LOGPROB = -9999.0
 _CONTEXT = 4  # preceding sampled tokens a logprob token's text may need (TokenTexts)

@@ -15,9 +15,10 @@ from tokenizers import Tokenizer
 from router.errors import ApiError
 from router.generation import parsers
 from router.generation.detokenize import IncrementalDetokenizer, TokenTexts
-from router.generation.openai_render import SSE_DONE, AnswerRenderer, AnswerSpec, response_id
+from router.generation.openai_render import AnswerRenderer, AnswerSpec, response_id
 from router.generation.parsers import MessageDelta, PlainText, parser_for, register_parser
 from router.generation.types import GenerationChunk, TokenLogprob
+from router.render import SSE_DONE
 
 
 @pytest.fixture(scope="module")
