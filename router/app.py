@@ -6,8 +6,10 @@ dispatch -> render), taken by `RouterApp` before Starlette's middleware. Everyth
 
 Start-up (lifespan): the pooled upstream session (all inference traffic and /v1/models),
 the worker manager (registration with the adapter's hook, health checks; it keeps its own
-small session for probes, since the admin routes need it before the loop runs), the
-policies' eviction tick. Shutdown closes them in reverse.
+small session for probes, since the admin routes need it before the loop runs), worker
+discovery (`router.discovery`: a watched file, Kubernetes pods), the load monitor
+(scrapes the engines' /metrics with the manager's session), the policies' eviction tick.
+Shutdown closes them in reverse.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from router.admin import admin_routes
 from router.admission import AdmissionCollector, AdmissionController
 from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
+from router.discovery.service import DiscoveryService
 from router.dispatch import Dispatcher, create_session
 from router.drain import Drain
 from router.errors import ApiError, AuthError, ShuttingDown
@@ -46,14 +49,18 @@ from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
 from router.render import error_response
 from router.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
+from router.tracing import create_tracer
 from router.transports.grpc_channel import GrpcChannels, grpc_available
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager
+from router.workers.load_monitor import LoadMonitor
 from router.workers.model_list import ModelEntry, ModelListUnavailable
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Role, Worker
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
     from router.transports.grpc_leg import GrpcLeg
     from router.transports.grpc_worker import GrpcWorkerProbe
 
@@ -75,16 +82,23 @@ def grpc_leg(channels: GrpcChannels, tokenizer: Tokenizer | None) -> GrpcLeg | N
     if not grpc_available():
         return None
     from router.transports.completions_codec import CompletionsCodec
-    from router.transports.grpc_leg import GrpcLeg
+    from router.transports.grpc_leg import GenerationCodec, GrpcLeg
+    from router.transports.openai_codec import OpenAICodec
 
-    return GrpcLeg(channels, CompletionsCodec(tokenizer.decode if isinstance(tokenizer, HFTokenizer) else None))
+    # With the model's tokenizer: chats and text (router.generation); without: token ids.
+    codec: GenerationCodec = OpenAICodec(tokenizer) if isinstance(tokenizer, HFTokenizer) else CompletionsCodec()
+    return GrpcLeg(channels, codec)
 
 
 class RouterService:
-    """Everything one router instance holds; the non-inference handlers are its methods."""
+    """Everything one router instance holds; the non-inference handlers are its methods.
 
-    def __init__(self, config: RouterConfig) -> None:
+    `tracer_provider`: an OpenTelemetry SDK provider to trace into (embedders, tests);
+    without one, tracing follows `config.tracing` (see router.tracing.create_tracer)."""
+
+    def __init__(self, config: RouterConfig, tracer_provider: TracerProvider | None = None) -> None:
         self.config = config
+        self.tracer = create_tracer(config.tracing, tracer_provider)
         self.registry = WorkerRegistry()
         self.metrics = RouterMetrics()
         self.admission = AdmissionController(config.admission)
@@ -100,8 +114,12 @@ class RouterService:
         self.grpc_channels = GrpcChannels()
         self.registry.on_removed(self.grpc_channels.discard)
         self.manager = WorkerManager(config, self.registry, grpc_probe=grpc_probe(self.grpc_channels))
+        self.discovery = DiscoveryService(config, self.manager)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
+        self.load_monitor = LoadMonitor(
+            config.load_monitor, self.registry, self.manager.clock, grpc_probe=self.manager.grpc_probe
+        )
         self.kv_events: KVEventFeed | None = None
         if kv_index is not None:
             self.kv_events = KVEventFeed(kv_index, config.kv_events_port, self.grpc_channels)
@@ -112,7 +130,7 @@ class RouterService:
         # Graceful shutdown (router.server drives it): readiness and the inference path read it.
         self.drain = Drain()
         self.inference = InferencePath(
-            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.drain
+            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.drain, self.tracer
         )
         self.session: aiohttp.ClientSession | None = None
         self.adapter: Adapter | None = None
@@ -124,7 +142,7 @@ class RouterService:
         self.session = create_session()
         # Without --pd-disaggregation every backend's workers are plain OpenAI servers.
         adapter_cls = ADAPTERS[self.config.backend] if self.config.pd_disaggregation else OpenAIAdapter
-        self.adapter = adapter_cls(self.session)
+        self.adapter = adapter_cls(self.session, self.tracer)
         adapter = self.adapter
         self.manager.add_registration_hook(lambda worker, _session: adapter.prepare_worker(worker))
         self.inference.dispatcher = Dispatcher(
@@ -134,20 +152,26 @@ class RouterService:
             self.metrics,
             clock=self.manager.clock,
             rng=self._rng,
+            tracer=self.tracer,
             grpc=grpc_leg(self.grpc_channels, self.tokenizer),
         )
         await self.manager.start()
+        await self.discovery.start()
+        self.load_monitor.start(self.manager.session)
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
         try:
             yield
         finally:
             evictor.cancel()
             await asyncio.gather(evictor, return_exceptions=True)
+            await self.load_monitor.stop()
+            await self.discovery.stop()
             await self.manager.stop()
             if self.kv_events is not None:
                 await self.kv_events.stop()
             await self.grpc_channels.close_all()
             await self.session.close()
+            await asyncio.to_thread(self.tracer.shutdown)  # flushes spans still queued for export
 
     async def _evict_forever(self) -> None:
         interval = max(1, self.config.policy_config.eviction_interval_secs)
@@ -248,9 +272,10 @@ class _InferenceRoute:
         await self.inference.serve(self.route, scope, receive, send)
 
 
-def create_app(config: RouterConfig) -> RouterApp:
-    """The router's ASGI app for `config` (workers register in the background at start)."""
-    service = RouterService(config)
+def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None = None) -> RouterApp:
+    """The router's ASGI app for `config` (workers register in the background at start);
+    `tracer_provider` as in `RouterService`."""
+    service = RouterService(config, tracer_provider)
     routes = [
         Route(CHAT_ROUTE, _InferenceRoute(service.inference, CHAT_ROUTE), methods=["POST"]),
         Route(COMPLETIONS_ROUTE, _InferenceRoute(service.inference, COMPLETIONS_ROUTE), methods=["POST"]),

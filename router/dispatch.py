@@ -35,6 +35,7 @@ from router.metrics import RouterMetrics
 from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
 from router.prepare import PreparedRequest
 from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE
+from router.tracing import OFF, Tracer
 from router.transports import Transport
 from router.workers.worker import Role, Worker
 
@@ -170,9 +171,11 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        tracer: Tracer = OFF,
         grpc: GrpcLeg | None = None,
     ) -> None:
         self.adapter = adapter
+        self.tracer = tracer
         # The leg for grpc:// workers (None: the router has none configured).
         self.grpc = grpc
         self.place = place
@@ -228,6 +231,7 @@ class Dispatcher:
                 except PlacementError:
                     assert last_error is not None  # only retries re-place, after a failure
                     raise last_error from None  # nothing else to try: the upstream error is the cause
+                self.tracer.retry(attempt, plan)
             else:
                 plan = first
             self._record_placement(plan)

@@ -11,9 +11,11 @@ without knowing which stage raised it (as httpx and Starlette keep one exception
     └── TypedError                status, type and code fixed by the class, one per cause
         ├── AuthError                     401 invalid_api_key, WWW-Authenticate: Bearer
         ├── AdmissionRejected             429 (RateLimited, QueueFull), 503 (QueueTimeout)
-        ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...), 404 UnknownModel
+        ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...,
+        │                                 WorkerOverloadShed), 404 UnknownModel
         ├── WorkerRequestError            400 bad worker spec, 409, 404, 503 (admin API)
-        └── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
+        ├── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
+        └── InvalidGenerationRequest      400 invalid_parameter (router.generation: sampling, prompt)
 
 `Retry-After` is derived in one place (`ApiError.headers`) from `retry_after`, the
 seconds the raiser knows the client should wait.
@@ -198,6 +200,13 @@ class NoHealthyDecodeError(PlacementError):
     code = "no_healthy_decode"
 
 
+class WorkerOverloadShedError(PlacementError):
+    """Every candidate is overloaded and `--worker-overload-shed` is on; `retry_after` is
+    the load monitor's interval, when the next engine numbers arrive."""
+
+    code = "worker_overload_protection_shed"
+
+
 class UnknownModelError(PlacementError):
     status = 404
     type = "invalid_request_error"
@@ -248,3 +257,16 @@ class ShuttingDown(TypedError):
     @property
     def headers(self) -> list[tuple[str, str]]:
         return [*super().headers, ("connection", "close")]
+
+
+# -- router-side generation (router.generation) -----------------------------------------------
+
+
+class InvalidGenerationRequest(TypedError):
+    """A request the router's token-level path cannot run as sent (a sampling parameter out
+    of range, a prompt longer than the model's context, a feature this path lacks); `param`
+    names the field, as vLLM's server does."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_parameter"

@@ -36,6 +36,7 @@ from router.prepare import PreparedRequest, payload_too_large, prepare_request
 from router.render import SSE_CONTENT_TYPE, Headers, StreamWriter, header_list, send_body, send_error
 from router.sse import SseEventCounter
 from router.tokenizer import Tokenizer
+from router.tracing import OFF, Step, Tracer
 from router.workers.registry import WorkerRegistry
 
 logger = logging.getLogger("atom_mesh.app")
@@ -57,9 +58,11 @@ class InferencePath:
         registry: WorkerRegistry,
         place: Callable[[RequestDescriptor], PlacementPlan],
         drain: Drain,
+        tracer: Tracer = OFF,
     ) -> None:
         self._config = config
         self._drain = drain
+        self._tracer = tracer
         self._planner = place
         self._tokenizer = tokenizer
         self._admission = admission
@@ -76,7 +79,7 @@ class InferencePath:
         running when the grace period ends are cancelled and told so (`router.drain`).
         """
         started = time.perf_counter()
-        model, status, id_token = "unknown", 500, None
+        model, status, id_token, error = "unknown", 500, None, None
         drain = self._drain
         try:
             drain.enter()
@@ -85,19 +88,25 @@ class InferencePath:
             self._metrics.request_done(route, model, err.status, time.perf_counter() - started)
             return
         writer = StreamWriter(send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        trace = self._tracer.request(route, headers)
         try:
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            prepared = self._prepare(route, await read_body(receive, headers, self._config.max_payload_size), headers)
+            with trace.step("prepare"):
+                prepared = self._prepare(route, await read_body(receive, headers, self._config.max_payload_size), headers)
+            trace.identify(prepared.descriptor)
             id_token = request_id_var.set(prepared.descriptor.request_id)
             model = self._model_label(prepared.descriptor.model)
             async with self._admitted(), HangUpWatch(receive, writer) as client:
-                plan = self._place(prepared)
+                with trace.step("place") as step:
+                    plan = self._place(prepared)
+                    step.placed(plan)
                 reply = await self._dispatch(prepared, plan)
-                status = await self._render(prepared, reply, send, writer, started)
+                with trace.step("render") as step:
+                    status = await self._render(prepared, reply, send, writer, started, step)
             if client.left:
                 status = CLIENT_CLOSED
         except ApiError as err:
-            status = err.status
+            status, error = err.status, err.message
             await send_error(send, err)
         except asyncio.CancelledError:
             if not drain.expired:
@@ -106,6 +115,7 @@ class InferencePath:
         finally:
             drain.leave()
             self._metrics.request_done(route, model, status, time.perf_counter() - started)
+            trace.finish(status, error)
             if id_token is not None:
                 request_id_var.reset(id_token)
 
@@ -141,7 +151,9 @@ class InferencePath:
                 500, "internal router error; see the router's log for this request id", code="internal_error"
             ) from None
 
-    async def _render(self, prepared: PreparedRequest, reply: Reply, send: Send, writer: StreamWriter, started: float) -> int:
+    async def _render(
+        self, prepared: PreparedRequest, reply: Reply, send: Send, writer: StreamWriter, started: float, step: Step
+    ) -> int:
         """Write the reply to the client; return the status it got. Closes the reply on
         every path (load counters released, an unfinished upstream stream aborted)."""
         try:
@@ -151,6 +163,7 @@ class InferencePath:
                 return reply.status
             sse_headers = header_list(SSE_CONTENT_TYPE, [("cache-control", "no-cache"), *extra])
             times = await relay_stream(reply, writer, sse_headers)
+            step.streamed(times.output_events, times.complete)
             self._observe_stream(prepared.route, started, times)
             return reply.status
         finally:

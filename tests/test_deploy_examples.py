@@ -18,7 +18,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -220,7 +219,7 @@ def test_router_container_args_are_the_routers_own_flags(manifests: list[dict[st
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert container["command"] == ["atom-router"] and "atom-router" in scripts
     config = config_from_args(build_parser().parse_args([str(a) for a in container["args"]]))
-    assert config.host == "0.0.0.0" and config.workers
+    assert config.host == "0.0.0.0" and (config.workers or config.discovery.service_discovery)
     assert _port(container, "http") == config.port
     assert _port(container, "metrics") == config.prometheus_port
 
@@ -255,17 +254,19 @@ def test_router_may_read_pods_for_discovery(manifests: list[dict[str, Any]]) -> 
     )
 
 
-def test_router_worker_url_names_the_vllm_worker_service(manifests: list[dict[str, Any]]) -> None:
-    _, container = _router_container(manifests)
+def test_router_discovers_the_vllm_worker_pods(manifests: list[dict[str, Any]]) -> None:
+    """The router's pod selector, port and namespace match the example worker pool."""
+    deployment, container = _router_container(manifests)
     config = config_from_args(build_parser().parse_args([str(a) for a in container["args"]]))
     workers = _one(manifests, "Deployment", "vllm-worker")
     pod_labels = workers["spec"]["template"]["metadata"]["labels"]
     assert workers["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    for spec in config.workers:
-        url = urlsplit(spec.url)
-        service = _one(manifests, "Service", url.hostname.split(".")[0] if url.hostname else "")
-        assert service["spec"]["selector"].items() <= pod_labels.items()
-        assert url.port in {p["port"] for p in service["spec"]["ports"]}
+    discovery = config.discovery
+    assert discovery.service_discovery and discovery.selector
+    assert dict(pair.split("=", 1) for pair in discovery.selector).items() <= pod_labels.items()
+    worker_ports = {p["containerPort"] for c in workers["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    assert discovery.port in worker_ports
+    assert discovery.namespace == workers["metadata"]["namespace"] == deployment["metadata"]["namespace"]
 
 
 # -- Prometheus ------------------------------------------------------------------------------

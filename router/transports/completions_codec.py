@@ -1,19 +1,17 @@
-"""The gRPC leg's own `GenerationCodec`: `/v1/completions` by token ids, rendered as vLLM does.
+"""The gRPC leg's codec for a router without a tokenizer: `/v1/completions` by token ids.
 
-This is the narrow codec the transport ships with until `router.generation` (the full
-OpenAI <-> token mapping: chats, incremental detokenization, stop-string holdback)
-provides one; `RouterService` plugs that in through the same `GenerationCodec` seam.
-What it covers: one prompt (token ids, or text the router's `--tokenizer-path` encodes),
-n=1, the sampling fields of the completions API, answers with `token_ids` (as vLLM's
-`return_token_ids`), logprobs with top alternatives, usage with cached tokens. Text is
-decoded with the router's tokenizer when it has one. Anything else is a 400 that says
-what to send instead, never a silently different answer.
+With `--tokenizer-path` the router serves gRPC workers with `OpenAICodec`
+(`router.generation`: chats, text prompts, detokenized answers). Without a tokenizer it
+can still run completions whose prompt is token ids, answering as vLLM does with
+`return_token_ids` and `return_tokens_as_token_ids`: `token_ids` per choice, `text` empty,
+logprob tokens as "token_id:N". One prompt, n=1; anything else is a 400 that says what
+to send instead, never a silently different answer.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -22,8 +20,6 @@ from router.errors import ApiError
 from router.generation.types import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
 from router.prepare import COMPLETIONS_ROUTE, PreparedRequest
 from router.workers.worker import Worker
-
-Decode = Callable[[Sequence[int]], str]
 
 # vLLM's default max_tokens for completions.
 DEFAULT_MAX_TOKENS = 16
@@ -80,16 +76,13 @@ def sampling_from_body(body: dict[str, Any]) -> SamplingParams:
 
 
 class CompletionsCodec:
-    """`GenerationCodec` for `/v1/completions`; `decode` is the router's tokenizer, if any."""
-
-    def __init__(self, decode: Decode | None = None) -> None:
-        self._decode = decode
+    """`GenerationCodec` for `/v1/completions` by token ids."""
 
     def request(self, prepared: PreparedRequest, worker: Worker) -> GenerationRequest:
         if prepared.route != COMPLETIONS_ROUTE:
             raise ApiError(
                 501,
-                "chat completions are not served by gRPC workers yet; use /v1/completions or an http:// worker",
+                "chat completions over gRPC workers need the router's tokenizer: start it with --tokenizer-path",
                 code="not_implemented",
             )
         body = prepared.body
@@ -117,11 +110,9 @@ class CompletionsCodec:
 
     # -- rendering -----------------------------------------------------------------------
 
-    def _text(self, ids: Sequence[int]) -> str:
-        return self._decode(ids) if self._decode is not None and ids else ""
-
-    def _token(self, token_id: int) -> str:
-        return self._decode([token_id]) if self._decode is not None else f"token_id:{token_id}"
+    @staticmethod
+    def _token(token_id: int) -> str:
+        return f"token_id:{token_id}"
 
     def _logprobs(self, entries: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
         if entries is None:
@@ -153,10 +144,12 @@ class CompletionsCodec:
             "prompt_tokens_details": {"cached_tokens": chunk.cached_tokens},
         }
 
-    def render_body(self, prepared: PreparedRequest, worker: Worker, chunk: GenerationChunk) -> bytes:
+    def render_body(
+        self, prepared: PreparedRequest, worker: Worker, request: GenerationRequest, chunk: GenerationChunk
+    ) -> bytes:
         choice = {
             "index": 0,
-            "text": self._text(chunk.token_ids),
+            "text": "",
             "token_ids": list(chunk.token_ids),
             "logprobs": self._logprobs(chunk.logprobs),
             "finish_reason": chunk.finish_reason,
@@ -167,28 +160,27 @@ class CompletionsCodec:
         return orjson.dumps(out)
 
     async def render_stream(
-        self, prepared: PreparedRequest, worker: Worker, chunks: AsyncIterator[GenerationChunk]
+        self,
+        prepared: PreparedRequest,
+        worker: Worker,
+        request: GenerationRequest,
+        chunks: AsyncIterator[GenerationChunk],
     ) -> AsyncGenerator[bytes, None]:
         options = prepared.body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        ids: list[int] = []
-        sent_text = ""
         last: GenerationChunk | None = None
         async for chunk in chunks:
             last = chunk
             if not chunk.token_ids and not chunk.finished:
                 continue
-            ids.extend(chunk.token_ids)
-            text = self._text(ids)
             choice = {
                 "index": 0,
-                "text": text[len(sent_text) :],
+                "text": "",
                 "token_ids": list(chunk.token_ids),
                 "logprobs": self._logprobs(chunk.logprobs) if chunk.token_ids else None,
                 "finish_reason": chunk.finish_reason,
                 "stop_reason": chunk.matched_stop,
             }
-            sent_text = text
             yield b"data: " + orjson.dumps(self._envelope(prepared, worker, choice)) + b"\n\n"
         if include_usage and last is not None:
             usage = self._envelope(prepared, worker, {})

@@ -31,12 +31,18 @@ class GenerationCodec(Protocol):
         """The engine request for `prepared`; raises `ApiError` (400) for what it cannot run."""
         ...
 
-    def render_body(self, prepared: PreparedRequest, worker: Worker, chunk: GenerationChunk) -> bytes:
+    def render_body(
+        self, prepared: PreparedRequest, worker: Worker, request: GenerationRequest, chunk: GenerationChunk
+    ) -> bytes:
         """A non-streamed answer (one finished chunk with every token) as the JSON body."""
         ...
 
     def render_stream(
-        self, prepared: PreparedRequest, worker: Worker, chunks: AsyncIterator[GenerationChunk]
+        self,
+        prepared: PreparedRequest,
+        worker: Worker,
+        request: GenerationRequest,
+        chunks: AsyncIterator[GenerationChunk],
     ) -> AsyncGenerator[bytes, None]:
         """A stream's chunks as SSE events, ending with `data: [DONE]`."""
         ...
@@ -60,7 +66,7 @@ class GrpcLeg:
         try:
             async for chunk in stream:
                 if chunk.finished:
-                    return self.codec.render_body(prepared, worker, chunk)
+                    return self.codec.render_body(prepared, worker, request, chunk)
         finally:
             await stream.aclose()
         raise AssertionError("VllmGrpcClient.generate ends with a finished chunk or raises")
@@ -75,7 +81,7 @@ class GrpcLeg:
         except BaseException:
             await chunks.aclose()
             raise
-        return self.codec.render_stream(prepared, worker, _prepend(first, chunks))
+        return self.codec.render_stream(prepared, worker, request, _prepend(first, chunks))
 
 
 async def _prepend(

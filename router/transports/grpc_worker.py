@@ -5,29 +5,19 @@
   is up and while it is paused), so readiness and the periodic probes mean the same as
   an HTTP worker's `GET /health`;
 - models: `GetModelInfo`'s served model name, as the entry `/v1/models` lists;
-- load: `GetLoads`, summed over the engine's data-parallel ranks, as an `EngineLoad`.
+- load: `GetLoads`, summed over the engine's data-parallel ranks, as the load monitor's
+  `EngineLoad` (what an HTTP worker's `/metrics` scrape gives).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import grpc.aio
 
 from router.adapters.vllm_grpc import VllmGrpcClient
 from router.transports.grpc_channel import GrpcChannels
+from router.workers.engine_load import EngineLoad, EngineMetricsError
 from router.workers.model_list import ModelEntry, ModelListUnavailable
 from router.workers.worker import Worker
-
-
-@dataclass(frozen=True)
-class EngineLoad:
-    """An engine's own view of its load (the numbers its scheduler reports)."""
-
-    running_requests: int
-    waiting_requests: int
-    # KV cache in use, 0..1.
-    token_usage: float
 
 
 class GrpcWorkerProbe:
@@ -55,12 +45,17 @@ class GrpcWorkerProbe:
         entry = {"id": name, "object": "model", "owned_by": "vllm", "root": info.model_path}
         return [{**entry, "max_model_len": info.max_context_length}]
 
-    async def load(self, worker: Worker, timeout_secs: float) -> EngineLoad:
-        """`GetLoads` summed over the engine's ranks; raises `grpc.aio.AioRpcError`."""
-        reply = await self.client(worker).loads(timeout_secs)
+    async def load(self, worker: Worker, timeout_secs: float, sampled_at: float) -> EngineLoad:
+        """`GetLoads` summed over the engine's ranks (KV usage: the fullest rank), as the
+        load monitor's `EngineLoad`; a failed call raises `EngineMetricsError`."""
+        try:
+            reply = await self.client(worker).loads(timeout_secs)
+        except grpc.aio.AioRpcError as err:
+            raise EngineMetricsError(f"GetLoads on {worker.url}: {err.code().name}: {err.details()}") from None
         ranks = list(reply.loads)
         return EngineLoad(
-            running_requests=sum(r.num_running_reqs for r in ranks),
-            waiting_requests=sum(r.num_waiting_reqs for r in ranks),
-            token_usage=max((r.token_usage for r in ranks), default=0.0),
+            running=sum(r.num_running_reqs for r in ranks),
+            waiting=sum(r.num_waiting_reqs for r in ranks),
+            kv_usage=max((r.token_usage for r in ranks), default=0.0),
+            sampled_at=sampled_at,
         )

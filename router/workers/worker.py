@@ -14,6 +14,7 @@ from typing import Any
 
 from router.transports import Transport, transport_of
 from router.workers.circuit_breaker import CircuitBreaker
+from router.workers.engine_load import EngineLoad
 
 
 class Role(enum.StrEnum):
@@ -61,6 +62,11 @@ class Worker:
     # Set while a drain waits for the last in-flight request; `LoadGuard.release` sets the
     # event when `in_flight_requests` reaches 0, so the drain needs no polling.
     idle: asyncio.Event | None = field(default=None, repr=False)
+    # The engine's own numbers from the load monitor's last fresh scrape (None: no fresh
+    # sample), and `in_flight_requests` at that moment, so load estimates can add what
+    # this router sent (or saw finish) since (`router.policies.load`).
+    engine_load: EngineLoad | None = None
+    in_flight_at_sample: int = 0
     # How the router talks to it: derived from the URL scheme, never set on its own.
     transport: Transport = field(init=False, default=Transport.HTTP)
 

@@ -55,12 +55,13 @@ def test_body_has_token_ids_logprobs_and_usage() -> None:
         logprobs=(TokenLogprob(4, -0.5, ((4, -0.5),)), TokenLogprob(5, -1.0, ((5, -1.0),))),
         finish_reason="length",
     )
-    codec = CompletionsCodec(lambda ids: "".join(chr(97 + i) for i in ids))
-    out = orjson.loads(codec.render_body(_prepared({"prompt": [1]}), WORKER, chunk))
+    codec = CompletionsCodec()
+    prepared = _prepared({"prompt": [1]})
+    out = orjson.loads(codec.render_body(prepared, WORKER, codec.request(prepared, WORKER), chunk))
     choice = out["choices"][0]
-    assert choice["token_ids"] == [4, 5] and choice["text"] == "ef" and choice["finish_reason"] == "length"
+    assert choice["token_ids"] == [4, 5] and choice["text"] == "" and choice["finish_reason"] == "length"
     assert choice["logprobs"]["token_logprobs"] == [-0.5, -1.0]
-    assert choice["logprobs"]["top_logprobs"] == [{"e": -0.5}, {"f": -1.0}]
+    assert choice["logprobs"]["top_logprobs"] == [{"token_id:4": -0.5}, {"token_id:5": -1.0}]
     assert out["model"] == "m" and out["object"] == "text_completion"
     usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 1}}
     assert out["usage"] == usage
@@ -73,7 +74,9 @@ async def test_stream_events_end_with_usage_and_done() -> None:
         yield GenerationChunk((), 3, 2, finish_reason="length")
 
     prepared = _prepared({"prompt": [1], "stream": True, "stream_options": {"include_usage": True}})
-    raw = b"".join([c async for c in CompletionsCodec().render_stream(prepared, WORKER, chunks())]).decode()
+    codec = CompletionsCodec()
+    rendered = codec.render_stream(prepared, WORKER, codec.request(prepared, WORKER), chunks())
+    raw = b"".join([c async for c in rendered]).decode()
     events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
     assert events[-1] == "[DONE]"
     parsed = [orjson.loads(e) for e in events[:-1]]

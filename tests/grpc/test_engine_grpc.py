@@ -37,6 +37,8 @@ PROMPTS = {
 }
 MAX_TOKENS = 12
 TOO_LONG = [5] * 1100  # the engines run with --max-model-len 1024
+CHAT = {"messages": [{"role": "user", "content": "Tell me about the weather"}], "max_tokens": MAX_TOKENS, "temperature": 0}
+TEXT = {"prompt": "The quick brown fox", "max_tokens": MAX_TOKENS, "temperature": 0, "logprobs": 1}
 
 
 def _greedy(prompt: list[int], **extra: Any) -> dict[str, Any]:
@@ -51,6 +53,10 @@ def references(vllm_colocated: SharedEngine, tiny_llama: Path) -> Iterator[dict[
     with httpx.Client(base_url=vllm_colocated.url, timeout=120) as http:
         for name, prompt in PROMPTS.items():
             resp = http.post("/v1/completions", json={"model": model, "return_token_ids": True, **_greedy(prompt)})
+            assert resp.status_code == 200, resp.text
+            out[name] = resp.json()["choices"][0]
+        for name, route, body in (("chat", "/v1/chat/completions", CHAT), ("text", "/v1/completions", TEXT)):
+            resp = http.post(route, json={"model": model, "return_token_ids": True, **body})
             assert resp.status_code == 200, resp.text
             out[name] = resp.json()["choices"][0]
         too_long = http.post("/v1/completions", json={"model": model, "prompt": TOO_LONG, "max_tokens": 4})
@@ -222,3 +228,22 @@ async def _subscribed(feed: Any, worker: Any) -> bool:
 async def _indexed(feed: Any, worker: Any, prompt: list[int]) -> bool:
     matched, _ = feed.index.matched_blocks(prompt, [worker.worker_id])
     return matched.get(worker.worker_id, 0) >= 2
+
+
+@pytest.mark.parametrize(("name", "route", "body"), [("chat", "/v1/chat/completions", CHAT), ("text", "/v1/completions", TEXT)])
+async def test_with_the_routers_tokenizer_chats_and_text_equal_vllm_http(
+    name: str, route: str, body: dict[str, Any], grpc_engine: ManagedProcess, references: dict[str, Any], tiny_llama: Path
+) -> None:
+    """router.generation renders the chat and detokenizes: same ids and text as vLLM."""
+    config = make_config(workers=regular(_grpc_url(grpc_engine)), tokenizer_path=str(tiny_llama))
+    async with running_router(config) as router:
+        async with await router.post(route, {"model": str(tiny_llama), "return_token_ids": True, **body}) as resp:
+            assert resp.status == 200, await resp.text()
+            ours = (await resp.json())["choices"][0]
+    ref = references[name]
+    assert ours["token_ids"] == ref["token_ids"]
+    if name == "chat":
+        assert ours["message"]["content"] == ref["message"]["content"]
+    else:
+        assert ours["text"] == ref["text"]
+        assert ours["logprobs"]["token_logprobs"] == pytest.approx(ref["logprobs"]["token_logprobs"], abs=1e-4)
