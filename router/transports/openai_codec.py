@@ -28,7 +28,16 @@ class OpenAICodec:
 
     def __init__(self, tokenizer: HFTokenizer) -> None:
         self._tokenizer = tokenizer
-        self._token_texts = TokenTexts(tokenizer.backend)
+        self._token_texts: TokenTexts | None = None
+
+    @property
+    def token_texts(self) -> TokenTexts:
+        """Built on first use, not at router start: reading the tokenizer's pre-tokenizer
+        serialises the whole tokenizer, which takes tens of seconds for a large
+        vocabulary, and a router with only HTTP workers never needs it."""
+        if self._token_texts is None:
+            self._token_texts = TokenTexts(self._tokenizer.backend)
+        return self._token_texts
 
     def request(self, prepared: PreparedRequest, worker: Worker) -> GenerationRequest:
         chat = prepared.route == CHAT_ROUTE
@@ -56,7 +65,7 @@ class OpenAICodec:
                 stop=s.stop,
                 include_stop_str_in_output=s.include_stop_str_in_output,
             ),
-            token_texts=self._token_texts,
+            token_texts=self.token_texts,
             parser=parser_for(None),
             prompt_ids=request.input_ids,
         )

@@ -136,7 +136,7 @@ async def test_streamed_completion_equals_vllm_http(
 
 
 async def _running_on_engine(probe: GrpcWorkerProbe, worker: Any) -> int:
-    return (await probe.load(worker, 5)).running_requests
+    return (await probe.load(worker, 5, time.monotonic())).running
 
 
 async def _wait_for(predicate: Any, deadline_secs: float) -> bool:
