@@ -7,7 +7,7 @@ dispatch -> render), taken by `RouterApp` before Starlette's middleware. Everyth
 Start-up (lifespan): the pooled upstream session (all inference traffic and /v1/models),
 the worker manager (registration with the adapter's hook, health checks; it keeps its own
 small session for probes, since the admin routes need it before the loop runs), the
-policies' eviction tick. Shutdown closes them in reverse.
+policies' eviction tick, the replicas' shared state (`--redis-url`). Shutdown closes them in reverse.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from router.placement.types import PlacementPlan, RequestDescriptor
 from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
 from router.render import error_response
+from router.shared_state.replica_state import ReplicaState
 from router.tokenizer import load_tokenizer
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager
@@ -61,7 +62,10 @@ class RouterService:
         self.config = config
         self.registry = WorkerRegistry()
         self.metrics = RouterMetrics()
-        self.admission = AdmissionController(config.admission)
+        # With --redis-url, what replicas share (rate limit bucket, cache_aware decisions).
+        self.replica_state = ReplicaState.from_config(config)
+        rate_limiter = self.replica_state.rate_limiter if self.replica_state else None
+        self.admission = AdmissionController(config.admission, rate_limiter=rate_limiter)
         self.tokenizer = load_tokenizer(config.tokenizer_path)
         rng = random.Random(config.seed)
         # The engines' KV events feed one index, read by every kv_aware pool.
@@ -70,6 +74,8 @@ class RouterService:
             config, rng, kv_index, decode_only_capable=ADAPTERS[config.backend].runs_decode_only
         )
         self.registry.on_removed(self.planner.on_worker_removed)
+        if self.replica_state is not None:
+            self.replica_state.share_trees(self.registry, self.planner, tokenized=self.tokenizer is not None)
         self.manager = WorkerManager(config, self.registry)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
@@ -98,6 +104,8 @@ class RouterService:
             adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng
         )
         await self.manager.start()
+        if self.replica_state is not None:
+            self.replica_state.start()
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
         try:
             yield
@@ -105,6 +113,8 @@ class RouterService:
             evictor.cancel()
             await asyncio.gather(evictor, return_exceptions=True)
             await self.manager.stop()
+            if self.replica_state is not None:
+                await self.replica_state.close()
             if self.kv_events is not None:
                 await self.kv_events.stop()
             await self.session.close()

@@ -98,6 +98,20 @@ class AdmissionConfig:
 
 
 @dataclass
+class SharedStateConfig:
+    """State shared between router replicas through Redis (off unless `redis_url` is set).
+
+    What is shared, and what stays per replica, is in docs/replicas.md."""
+
+    # redis://host:port/db; None keeps every replica's state its own.
+    redis_url: str | None = None
+    # Prefix of every Redis key and channel, so several router fleets can share one Redis.
+    redis_key_prefix: str = "atom-mesh"
+    # cache_aware: the most characters (or tokens) of a routing key published per decision.
+    tree_sync_max_key_length: int = 8192
+
+
+@dataclass
 class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 30000
@@ -132,6 +146,7 @@ class RouterConfig:
     log_level: str = "warning"
     log_json: bool = False
     seed: int | None = None
+    shared_state: SharedStateConfig = field(default_factory=SharedStateConfig)
 
     def policy_for(self, role: str) -> str:
         """The policy name for a pool: prefill/decode overrides fall back to `policy`."""
