@@ -60,6 +60,7 @@ class RedisTreeSync:
         self.replica_id = uuid.uuid4().hex
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_LIMIT)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.subscribed = asyncio.Event()
         self.counts = {"published": 0, "applied": 0, "dropped": 0, "unknown_worker": 0, "skipped": 0}
         for role, policy in policies.items():
@@ -77,6 +78,10 @@ class RedisTreeSync:
         ]
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: the client's read timeouts can swallow a
+        # cancellation that lands as they expire (asyncio timeouts before 3.12), and the
+        # loops must end all the same.
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -94,13 +99,15 @@ class RedisTreeSync:
     async def _run(self, loop_body: Callable[[], Awaitable[None]], what: str) -> None:
         """Run `loop_body` forever, reconnecting after Redis errors with capped backoff."""
         delay = _RETRY_INITIAL_S
-        while True:
+        while not self._stopping:
             try:
                 await loop_body()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection, timeout, protocol: all mean "retry later"
                 self.subscribed.clear()
+                if self._stopping:
+                    return
                 logger.warning(
                     "tree sync %s lost Redis; retrying", what,
                     extra={"channel": self._channel, "retry_in_s": delay, "error": f"{type(exc).__name__}: {exc}"},
@@ -111,7 +118,7 @@ class RedisTreeSync:
                 delay = _RETRY_INITIAL_S
 
     async def _publish(self) -> None:
-        while True:
+        while not self._stopping:
             message = await self._queue.get()
             await self._redis.publish(self._channel, message)
             self.counts["published"] += 1
@@ -121,7 +128,7 @@ class RedisTreeSync:
         try:
             await pubsub.subscribe(self._channel)
             self.subscribed.set()
-            while True:
+            while not self._stopping:
                 # A bounded wait (not None): the client's short socket timeout would
                 # otherwise turn a quiet channel into a read error and a reconnect.
                 message = await pubsub.get_message(timeout=1.0)
