@@ -48,6 +48,7 @@ _FIELD_HELP = {
     "die_after_tokens": "Close the connection after this many tokens.",
     "unhealthy": "GET /health answers 503.",
     "listening": "Whether workers accept connections (false: start crashed).",
+    "paused": "The engine runs no steps: requests queue as waiting until unpaused.",
 }
 
 

@@ -73,6 +73,9 @@ class FaultConfig:
     unhealthy: bool = False
     # False: the worker stops listening and drops its open connections (a crashed engine).
     listening: bool = True
+    # True: the engine runs no steps, so new requests queue as waiting (and /metrics says
+    # so) and running ones stall, until it is false again: a saturated engine, held.
+    paused: bool = False
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "spike_rate", "hang_rate"):

@@ -28,6 +28,12 @@ class AsyncEngine:
         self._task: asyncio.Task[None] | None = None
         # Requests accepted by the HTTP layer but not in the core yet (waiting for remote KV).
         self.pending_kv = 0
+        # The `paused` fault: no steps run, so every request stays where it is.
+        self._paused = False
+
+    def set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        self._wake.set()
 
     def start(self) -> None:
         if self._task is None:
@@ -66,7 +72,7 @@ class AsyncEngine:
 
     async def _run(self) -> None:
         while True:
-            plan = self.core.schedule()
+            plan = None if self._paused else self.core.schedule()
             if plan is None:
                 self._wake.clear()
                 await self._wake.wait()

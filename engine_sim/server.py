@@ -80,7 +80,11 @@ class SimWorker:
         self.host = host
         self.faults = spec.faults
         self.stats = WorkerStats()
+        # The W3C `traceparent` of the last inference request (None: it had none), so a
+        # harness can check that a router propagates trace context to each leg.
+        self.last_traceparent: str | None = None
         self.engine = AsyncEngine(cfg, cache_events=self._publish_cache_events if kv_events else None)
+        self.engine.set_paused(spec.faults.paused)
         self._kv_events = kv_events
         self._publisher: Any = None  # engine_sim.kv_events.KVEventPublisher, once started
         self._hub = hub
@@ -145,6 +149,7 @@ class SimWorker:
         new = self.faults.updated(changes)
         if new.listening != self.faults.listening:
             await self.set_listening(new.listening, keep)
+        self.engine.set_paused(new.paused)
         self.faults = new
         logger.info("worker %d (%s) faults now %s", self.index, self.url, changes)
         return new
@@ -186,6 +191,7 @@ class SimWorker:
             "cached_blocks": core.cache.num_cached_blocks,
             "evicted_blocks": core.cache.evictions,
             **asdict(core.stats),
+            "last_traceparent": self.last_traceparent,
         }
 
     # -- apps -----------------------------------------------------------------
@@ -228,6 +234,7 @@ class SimWorker:
     async def _inference(self, request: web.Request, chat: bool) -> web.StreamResponse:
         self.stats.received += 1
         self.stats.in_flight += 1
+        self.last_traceparent = request.headers.get("traceparent")
         try:
             return await self._serve(request, chat)
         except _Died:
@@ -454,6 +461,7 @@ class SimWorker:
         """Zero the counters (not the cache): benchmarks reset after their warm-up."""
         in_flight = self.stats.in_flight
         self.stats = WorkerStats(in_flight=in_flight)
+        self.last_traceparent = None
         self.engine.core.stats = type(self.engine.core.stats)()
         self.engine.core.cache.evictions = 0
 

@@ -6,8 +6,11 @@ dispatch -> render), taken by `RouterApp` before Starlette's middleware. Everyth
 
 Start-up (lifespan): the pooled upstream session (all inference traffic and /v1/models),
 the worker manager (registration with the adapter's hook, health checks; it keeps its own
-small session for probes, since the admin routes need it before the loop runs), the
-policies' eviction tick, the replicas' shared state (`--redis-url`). Shutdown closes them in reverse.
+small session for probes, since the admin routes need it before the loop runs), worker
+discovery (`router.discovery`: a watched file, Kubernetes pods), the load monitor
+(scrapes the engines' /metrics with the manager's session), the replicas' shared state
+(`--redis-url`, router.shared_state), the policies' eviction tick.
+Shutdown closes them in reverse.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -34,8 +37,10 @@ from router.admin import admin_routes
 from router.admission import AdmissionCollector, AdmissionController
 from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
+from router.discovery.service import DiscoveryService
 from router.dispatch import Dispatcher, create_session
-from router.errors import ApiError, AuthError
+from router.drain import Drain
+from router.errors import ApiError, AuthError, ShuttingDown
 from router.inference import InferencePath
 from router.kv_events import KVEventFeed
 from router.metrics import RouterMetrics
@@ -46,27 +51,36 @@ from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
 from router.render import error_response
 from router.shared_state.replica_state import ReplicaState
 from router.tokenizer import load_tokenizer
+from router.tracing import create_tracer
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager
+from router.workers.load_monitor import LoadMonitor
 from router.workers.model_list import ModelEntry, ModelListUnavailable, fetch_model_list
 from router.workers.registry import WorkerRegistry
 from router.workers.worker import Role, Worker
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger("atom_mesh.app")
 
 
 class RouterService:
-    """Everything one router instance holds; the non-inference handlers are its methods."""
+    """Everything one router instance holds; the non-inference handlers are its methods.
 
-    def __init__(self, config: RouterConfig) -> None:
+    `tracer_provider`: an OpenTelemetry SDK provider to trace into (embedders, tests);
+    without one, tracing follows `config.tracing` (see router.tracing.create_tracer)."""
+
+    def __init__(self, config: RouterConfig, tracer_provider: TracerProvider | None = None) -> None:
         self.config = config
+        self.tracer = create_tracer(config.tracing, tracer_provider)
         self.registry = WorkerRegistry()
         self.metrics = RouterMetrics()
         # With --redis-url, what replicas share (rate limit bucket, cache_aware decisions).
         self.replica_state = ReplicaState.from_config(config)
         rate_limiter = self.replica_state.rate_limiter if self.replica_state else None
         self.admission = AdmissionController(config.admission, rate_limiter=rate_limiter)
-        self.tokenizer = load_tokenizer(config.tokenizer_path)
+        self.tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
         rng = random.Random(config.seed)
         # The engines' KV events feed one index, read by every kv_aware pool.
         kv_index = KVBlockIndex() if config.uses_policy("kv_aware") else None
@@ -77,8 +91,10 @@ class RouterService:
         if self.replica_state is not None:
             self.replica_state.share_trees(self.registry, self.planner, tokenized=self.tokenizer is not None)
         self.manager = WorkerManager(config, self.registry)
+        self.discovery = DiscoveryService(config, self.manager)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
+        self.load_monitor = LoadMonitor(config.load_monitor, self.registry, self.manager.clock)
         self.kv_events: KVEventFeed | None = None
         if kv_index is not None:
             self.kv_events = KVEventFeed(kv_index, config.kv_events_port)
@@ -86,7 +102,11 @@ class RouterService:
             self.manager.add_registration_hook(self.kv_events.subscribe)
             self.metrics.registry.register(self.kv_events)
         self._rng = rng
-        self.inference = InferencePath(config, self.tokenizer, self.admission, self.metrics, self.registry, self.place)
+        # Graceful shutdown (router.server drives it): readiness and the inference path read it.
+        self.drain = Drain()
+        self.inference = InferencePath(
+            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.drain, self.tracer
+        )
         self.session: aiohttp.ClientSession | None = None
         self.adapter: Adapter | None = None
 
@@ -97,13 +117,15 @@ class RouterService:
         self.session = create_session()
         # Without --pd-disaggregation every backend's workers are plain OpenAI servers.
         adapter_cls = ADAPTERS[self.config.backend] if self.config.pd_disaggregation else OpenAIAdapter
-        self.adapter = adapter_cls(self.session)
+        self.adapter = adapter_cls(self.session, self.tracer)
         adapter = self.adapter
         self.manager.add_registration_hook(lambda worker, _session: adapter.prepare_worker(worker))
         self.inference.dispatcher = Dispatcher(
-            adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng
+            adapter, self.place, self.config, self.metrics, clock=self.manager.clock, rng=self._rng, tracer=self.tracer
         )
         await self.manager.start()
+        await self.discovery.start()
+        self.load_monitor.start(self.manager.session)
         if self.replica_state is not None:
             self.replica_state.start()
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
@@ -112,12 +134,15 @@ class RouterService:
         finally:
             evictor.cancel()
             await asyncio.gather(evictor, return_exceptions=True)
+            await self.load_monitor.stop()
+            await self.discovery.stop()
             await self.manager.stop()
             if self.replica_state is not None:
                 await self.replica_state.close()
             if self.kv_events is not None:
                 await self.kv_events.stop()
             await self.session.close()
+            await asyncio.to_thread(self.tracer.shutdown)  # flushes spans still queued for export
 
     async def _evict_forever(self) -> None:
         interval = max(1, self.config.policy_config.eviction_interval_secs)
@@ -141,6 +166,8 @@ class RouterService:
         return all(any(w.role is r and w.accepts_new_requests(now) for w in self.registry) for r in roles)
 
     async def readiness(self, _request: Request) -> Response:
+        if self.drain.draining:
+            return error_response(ShuttingDown("shutting down: finishing in-flight requests, taking no new ones"))
         if self.usable():
             return Response(b'{"status":"ready"}', media_type="application/json")
         need = "a ready prefill and a ready decode worker" if self.config.pd_disaggregation else "a ready worker"
@@ -216,9 +243,10 @@ class _InferenceRoute:
         await self.inference.serve(self.route, scope, receive, send)
 
 
-def create_app(config: RouterConfig) -> RouterApp:
-    """The router's ASGI app for `config` (workers register in the background at start)."""
-    service = RouterService(config)
+def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None = None) -> RouterApp:
+    """The router's ASGI app for `config` (workers register in the background at start);
+    `tracer_provider` as in `RouterService`."""
+    service = RouterService(config, tracer_provider)
     routes = [
         Route(CHAT_ROUTE, _InferenceRoute(service.inference, CHAT_ROUTE), methods=["POST"]),
         Route(COMPLETIONS_ROUTE, _InferenceRoute(service.inference, COMPLETIONS_ROUTE), methods=["POST"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import importlib.util
 import json
 import sys
@@ -25,7 +26,7 @@ from router.adapters import ADAPTERS
 from router.config import RouterConfig, WorkerSpec
 from router.errors import WorkerRequestError
 from router.policies.registry import POLICIES
-from router.workers.specs import parse_worker_spec, validate_spec
+from router.workers.specs import parse_worker_list, validate_spec
 
 _DEFAULTS = RouterConfig()
 
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     _option(r, "--tokenizer-path", "tokenizer_path", help="Tokenizer dir or tokenizer.json for token-level routing keys.")
     _option(
         r,
+        "--chat-template",
+        "chat_template",
+        help="Chat template (a file or the template text) for routing keys of chats; default: the tokenizer dir's own.",
+    )
+    _option(
+        r,
         "--kv-events-port",
         "kv_events_port",
         type=int,
@@ -189,18 +196,105 @@ def build_parser() -> argparse.ArgumentParser:
     _option(o, "--log-json", "log_json", action="store_true", help="One JSON object per log line.")
     _option(o, "--seed", "seed", type=int, help="Seed for random policies (reproducible tests).")
 
-    s = p.add_argument_group("Replicas (shared state, docs/replicas.md)")
+    s = p.add_argument_group("Shutdown")
     _option(
         s,
+        "--shutdown-grace-period-secs",
+        "shutdown_grace_period_secs",
+        help="On SIGTERM/SIGINT: /readiness and new requests answer 503 at once; in-flight requests get this "
+        "long to finish before they are cancelled and the router exits 0. A second signal exits at once.",
+    )
+
+    k = p.add_argument_group("Worker discovery (a watched file, Kubernetes pods)")
+    _option(
+        k,
+        "--discovery-file",
+        "discovery.file",
+        help="JSON or YAML (.yaml/.yml) list of workers, or {\"workers\": [...]}, entries as in --config-file; "
+        "reread on change: added workers register, removed ones drain, a bad file keeps the last good view.",
+    )
+    _option(
+        k,
+        "--discovery-check-interval-secs",
+        "discovery.check_interval_secs",
+        help="Reread the discovery file at least this often, even when it looks unchanged.",
+    )
+    _option(k, "--service-discovery", "discovery.service_discovery", action="store_true", help="Workers from Kubernetes pods.")
+    for flag, dest, what in (
+        ("--selector", "discovery.selector", "regular worker pods"),
+        ("--prefill-selector", "discovery.prefill_selector", "prefill pods (with --pd-disaggregation)"),
+        ("--decode-selector", "discovery.decode_selector", "decode pods (with --pd-disaggregation)"),
+    ):
+        _option(k, flag, dest, nargs="+", metavar="KEY=VALUE", help=f"Labels of the {what}, e.g. app=vllm tier=gpu.")
+    _option(k, "--service-discovery-port", "discovery.port", help="Port the engine serves on in each pod.")
+    _option(
+        k,
+        "--service-discovery-namespace",
+        "discovery.namespace",
+        help="Namespace to watch (default: all namespaces, which needs a ClusterRole).",
+    )
+    _option(
+        k,
+        "--bootstrap-port-annotation",
+        "discovery.bootstrap_port_annotation",
+        help="Pod annotation that holds a prefill pod's bootstrap port.",
+    )
+
+    tr = p.add_argument_group("Tracing (OpenTelemetry; needs atom-mesh[otel])")
+    _option(
+        tr,
+        "--otlp-traces-endpoint",
+        "tracing.otlp_traces_endpoint",
+        type=str,
+        help="Export spans over OTLP and turn tracing on: HOST:PORT for OTLP/gRPC, http(s)://HOST:PORT[/PATH] "
+        "for OTLP/HTTP protobuf (path default /v1/traces).",
+    )
+    _option(
+        tr,
+        "--enable-trace",
+        "tracing.enable_trace",
+        action="store_true",
+        help="Turn tracing on (as in smg); without --otlp-traces-endpoint spans go to localhost:4317 (OTLP/gRPC).",
+    )
+
+    m = p.add_argument_group("Engine load monitoring and overload protection")
+    _option(m, "--load-monitor-interval", "load_monitor.interval_secs", help="Seconds between scrapes of each worker's /metrics.")
+    _option(m, "--disable-load-monitoring", "load_monitor.enabled", action="store_false")
+    _option(
+        m,
+        "--worker-overload-waiting-requests",
+        "load_monitor.overload_waiting_requests",
+        metavar="N",
+        help="A worker whose engine queues N or more requests is overloaded (>= 1).",
+    )
+    _option(
+        m,
+        "--worker-overload-token-usage",
+        "load_monitor.overload_token_usage",
+        metavar="FRACTION",
+        help="A worker whose KV cache is at least this full (0-1] is overloaded.",
+    )
+    _option(m, "--disable-worker-overload-protection", "load_monitor.overload_protection", action="store_false")
+    _option(
+        m,
+        "--worker-overload-shed",
+        "load_monitor.overload_shed",
+        action="store_true",
+        help="When every candidate is overloaded, answer 503 with Retry-After instead of using the least loaded.",
+    )
+
+    rp = p.add_argument_group("Replicas (shared state, docs/replicas.md)")
+    _option(
+        rp,
         "--redis-url",
         "shared_state.redis_url",
         type=str,
         help="redis://HOST:PORT/DB shared by router replicas: one global --rate-limit-tokens-per-second bucket, "
         "and cache_aware's prefix tree fed by every replica's decisions. Default: nothing shared.",
     )
-    _option(s, "--redis-key-prefix", "shared_state.redis_key_prefix", help="Prefix of the replicas' Redis keys and channels.")
+    _option(rp, "--redis-key-prefix", "shared_state.redis_key_prefix", help="Prefix of the replicas' Redis keys and channels.")
     _option(
-        s,
+        rp,
         "--tree-sync-max-key-length",
         "shared_state.tree_sync_max_key_length",
         help="cache_aware with --redis-url: characters (or tokens) of each routing key published to the other replicas.",
@@ -264,18 +358,10 @@ def workers_from_file(path: str, pd_disaggregation: bool) -> list[WorkerSpec]:
     unknown = sorted(set(data) - {"workers"})
     if unknown:
         raise UsageError(f"--config-file {path}: unknown key(s) {unknown}; allowed: ['workers']")
-    entries = data.get("workers", [])
-    if not isinstance(entries, list):
-        raise UsageError(f"--config-file {path}: 'workers' must be a list of worker objects")
-    specs = []
-    for index, entry in enumerate(entries):
-        try:
-            spec = parse_worker_spec(entry)
-            validate_spec(spec, pd_disaggregation)
-        except WorkerRequestError as err:
-            raise UsageError(f"--config-file {path}: workers[{index}]: {err.message}") from None
-        specs.append(spec)
-    return specs
+    try:
+        return parse_worker_list(data.get("workers", []), pd_disaggregation)
+    except WorkerRequestError as err:
+        raise UsageError(f"--config-file {path}: {err.message}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
@@ -291,9 +377,11 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     for flag, dest in (
         ("--disagg-min-uncached-tokens", "disagg.min_uncached_tokens"),
         ("--disagg-max-prefill-queue", "disagg.max_prefill_queue"),
+        ("--shutdown-grace-period-secs", "shutdown_grace_period_secs"),
     ):
         if getattr(args, dest) < 0:
             raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")
+    _check_load_monitor(args)
     max_key_length = getattr(args, "shared_state.tree_sync_max_key_length")
     if max_key_length < 1:
         raise UsageError(f"--tree-sync-max-key-length must be 1 or more, got {max_key_length}")
@@ -303,7 +391,60 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     if redis_url is not None and importlib.util.find_spec("redis") is None:
         raise UsageError("--redis-url needs the redis client: pip install atom-mesh[redis]")
     config: RouterConfig = _from_flags(_DEFAULTS, args, workers=workers, backend=backend)
+    _check_discovery(config)
+    if config.tracing.enabled:
+        from router.tracing import TracingUnavailable, check_available
+
+        try:
+            check_available(config.tracing)
+        except TracingUnavailable as exc:
+            raise UsageError(str(exc)) from None
     return config
+
+
+def _check_load_monitor(args: argparse.Namespace) -> None:
+    """The load monitor's settings are in range, or a `UsageError` says which is not."""
+    interval = getattr(args, "load_monitor.interval_secs")
+    waiting = getattr(args, "load_monitor.overload_waiting_requests")
+    usage = getattr(args, "load_monitor.overload_token_usage")
+    if not interval > 0:
+        raise UsageError(f"--load-monitor-interval must be more than 0 seconds, got {interval}")
+    if waiting < 1:
+        raise UsageError(f"--worker-overload-waiting-requests must be 1 or more, got {waiting}")
+    if not 0 < usage <= 1:
+        raise UsageError(f"--worker-overload-token-usage must be within (0, 1], got {usage}")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _check_discovery(config: RouterConfig) -> None:
+    """Discovery settings the router could only fail on later, refused at start."""
+    from router.discovery.file_source import is_yaml
+    from router.discovery.pods import SelectorError, pod_rules
+
+    cfg = config.discovery
+    if cfg.check_interval_secs <= 0:
+        raise UsageError(f"--discovery-check-interval-secs must be more than 0, got {cfg.check_interval_secs:g}")
+    if cfg.file and is_yaml(cfg.file) and not _importable("yaml"):
+        raise UsageError(f"--discovery-file {cfg.file}: reading YAML needs PyYAML: pip install atom-mesh[yaml]")
+    if not cfg.service_discovery:
+        if cfg.selector or cfg.prefill_selector or cfg.decode_selector:
+            raise UsageError("--selector/--prefill-selector/--decode-selector need --service-discovery")
+        return
+    if not _importable("kubernetes_asyncio"):
+        raise UsageError("--service-discovery needs the Kubernetes client: pip install atom-mesh[k8s]")
+    if not 0 < cfg.port < 65536:
+        raise UsageError(f"--service-discovery-port {cfg.port} is not a TCP port (1-65535)")
+    try:
+        pod_rules(cfg, config.pd_disaggregation)
+    except SelectorError as err:
+        raise UsageError(str(err)) from None
 
 
 def _exit_usage(err: UsageError) -> NoReturn:

@@ -98,6 +98,67 @@ class AdmissionConfig:
 
 
 @dataclass
+class DiscoveryConfig:
+    """Where workers come from besides flags, --config-file and the admin API
+    (`router.discovery`); flag names follow sglang-router / smg."""
+
+    # A JSON or YAML list of worker specs, reread when it changes (None: off).
+    file: str | None = None
+    # Reread the file (and re-apply it) at least this often even when it looks unchanged.
+    check_interval_secs: float = 60.0
+    # Kubernetes pods by label selector (needs the k8s extra).
+    service_discovery: bool = False
+    # Label selectors as "key=value" pairs: regular workers, or the P/D pools.
+    selector: list[str] = field(default_factory=list)
+    prefill_selector: list[str] = field(default_factory=list)
+    decode_selector: list[str] = field(default_factory=list)
+    # The port the engine serves on inside each pod (the worker URL is http://<podIP>:<port>).
+    port: int = 80
+    # None: watch pods in every namespace (needs a ClusterRole).
+    namespace: str | None = None
+    # Pod annotation that carries a prefill pod's bootstrap port.
+    bootstrap_port_annotation: str = "sglang.ai/bootstrap-port"
+
+
+@dataclass
+class TracingConfig:
+    """OpenTelemetry tracing (router.tracing); smg's flag names. Off unless one is set."""
+
+    # `host:port`: OTLP/gRPC; `http(s)://host:port[/path]`: OTLP/HTTP protobuf
+    # (path default /v1/traces). Setting it turns tracing on.
+    otlp_traces_endpoint: str | None = None
+    # smg's switch: tracing on, to `otlp_traces_endpoint` or else localhost:4317 (gRPC).
+    enable_trace: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.enable_trace or bool(self.otlp_traces_endpoint)
+
+    @property
+    def endpoint(self) -> str:
+        return self.otlp_traces_endpoint or "localhost:4317"
+
+
+@dataclass
+class LoadMonitorConfig:
+    """Reading each engine's own load numbers, and keeping requests off overloaded workers
+    (smg's flag names and thresholds; `router.workers.load_monitor`, docs/load-monitor.md)."""
+
+    enabled: bool = True
+    # Seconds between scrapes of every worker's /metrics. smg polls every 10 s; 1 s keeps
+    # the sample younger than a typical request, so overload is seen while it matters.
+    interval_secs: float = 1.0
+    # A worker whose engine queues at least this many requests is overloaded (>= 1).
+    overload_waiting_requests: int = 8
+    # ... or whose KV cache is at least this full (a fraction in (0, 1]).
+    overload_token_usage: float = 0.8
+    overload_protection: bool = True
+    # Every candidate overloaded: refuse with 503 + Retry-After instead of taking the
+    # least loaded of them.
+    overload_shed: bool = False
+
+
+@dataclass
 class SharedStateConfig:
     """State shared between router replicas through Redis (off unless `redis_url` is set).
 
@@ -138,6 +199,9 @@ class RouterConfig:
     request_id_headers: list[str] = field(default_factory=lambda: ["x-request-id"])
     # Tokenizer (a local directory or tokenizer.json) for token-level routing keys.
     tokenizer_path: str | None = None
+    # The chat template (a file, or the template itself) when the tokenizer directory has
+    # none or another one is served (vLLM's --chat-template); chats are rendered with it.
+    chat_template: str | None = None
     # kv_aware: subscribe to tcp://<worker host>:<this port> for workers that name no
     # kv_events_endpoint of their own (vLLM publishes on 5557 by default).
     kv_events_port: int | None = None
@@ -146,6 +210,12 @@ class RouterConfig:
     log_level: str = "warning"
     log_json: bool = False
     seed: int | None = None
+    # Graceful shutdown (smg's flag): after SIGTERM/SIGINT, how long in-flight requests may
+    # run on before they are cancelled and the router exits.
+    shutdown_grace_period_secs: float = 180.0
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)
     shared_state: SharedStateConfig = field(default_factory=SharedStateConfig)
 
     def policy_for(self, role: str) -> str:

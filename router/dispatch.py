@@ -34,6 +34,7 @@ from router.metrics import RouterMetrics
 from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
 from router.prepare import PreparedRequest
 from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE
+from router.tracing import OFF, Tracer
 from router.workers.worker import Role, Worker
 
 logger = logging.getLogger("atom_mesh.dispatch")
@@ -132,8 +133,10 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        tracer: Tracer = OFF,
     ) -> None:
         self.adapter = adapter
+        self.tracer = tracer
         self.place = place
         self.config = config
         self.metrics = metrics
@@ -187,6 +190,7 @@ class Dispatcher:
                 except PlacementError:
                     assert last_error is not None  # only retries re-place, after a failure
                     raise last_error from None  # nothing else to try: the upstream error is the cause
+                self.tracer.retry(attempt, plan)
             else:
                 plan = first
             self._record_placement(plan)

@@ -11,8 +11,10 @@ without knowing which stage raised it (as httpx and Starlette keep one exception
     └── TypedError                status, type and code fixed by the class, one per cause
         ├── AuthError                     401 invalid_api_key, WWW-Authenticate: Bearer
         ├── AdmissionRejected             429 (RateLimited, QueueFull), 503 (QueueTimeout)
-        ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...), 404 UnknownModel
-        └── WorkerRequestError            400 bad worker spec, 409, 404, 503 (admin API)
+        ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...,
+        │                                 WorkerOverloadShed), 404 UnknownModel
+        ├── WorkerRequestError            400 bad worker spec, 409, 404, 503 (admin API)
+        └── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
 
 `Retry-After` is derived in one place (`ApiError.headers`) from `retry_after`, the
 seconds the raiser knows the client should wait.
@@ -197,6 +199,13 @@ class NoHealthyDecodeError(PlacementError):
     code = "no_healthy_decode"
 
 
+class WorkerOverloadShedError(PlacementError):
+    """Every candidate is overloaded and `--worker-overload-shed` is on; `retry_after` is
+    the load monitor's interval, when the next engine numbers arrive."""
+
+    code = "worker_overload_protection_shed"
+
+
 class UnknownModelError(PlacementError):
     status = 404
     type = "invalid_request_error"
@@ -230,3 +239,20 @@ class WorkerStartFailedError(WorkerRequestError):
     status = 503
     type = "service_unavailable"
     code = "worker_failed"
+
+
+# -- graceful shutdown (router.drain, router.server) ------------------------------------------
+
+
+class ShuttingDown(TypedError):
+    """The router is draining for shutdown: /readiness, new inference requests, and
+    requests still running when the grace period ends. `Connection: close` so a client's
+    pooled connection is not reused against this instance."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers, ("connection", "close")]

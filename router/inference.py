@@ -27,7 +27,8 @@ from starlette.types import Receive, Scope, Send
 from router.admission import AdmissionController, Slot
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, Reply
-from router.errors import ApiError
+from router.drain import Drain
+from router.errors import ApiError, ShuttingDown
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
 from router.placement.types import PlacementPlan, RequestDescriptor
@@ -35,6 +36,7 @@ from router.prepare import PreparedRequest, payload_too_large, prepare_request
 from router.render import SSE_CONTENT_TYPE, Headers, StreamWriter, header_list, send_body, send_error
 from router.sse import SseEventCounter
 from router.tokenizer import Tokenizer
+from router.tracing import OFF, Step, Tracer
 from router.workers.registry import WorkerRegistry
 
 logger = logging.getLogger("atom_mesh.app")
@@ -55,8 +57,12 @@ class InferencePath:
         metrics: RouterMetrics,
         registry: WorkerRegistry,
         place: Callable[[RequestDescriptor], PlacementPlan],
+        drain: Drain,
+        tracer: Tracer = OFF,
     ) -> None:
         self._config = config
+        self._drain = drain
+        self._tracer = tracer
         self._planner = place
         self._tokenizer = tokenizer
         self._admission = admission
@@ -68,27 +74,48 @@ class InferencePath:
         """Answer one request: prepare -> place -> dispatch -> render.
 
         Every request gets exactly one answer (an OpenAI error body when a step fails) and
-        is counted once in the request metrics, with the status the client saw.
+        is counted once in the request metrics, with the status the client saw. While the
+        router drains for shutdown, new requests get 503 `shutting_down`, and those still
+        running when the grace period ends are cancelled and told so (`router.drain`).
         """
         started = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        model, status, id_token = "unknown", 500, None
+        model, status, id_token, error = "unknown", 500, None, None
+        drain = self._drain
         try:
-            prepared = self._prepare(route, await read_body(receive, headers, self._config.max_payload_size), headers)
+            drain.enter()
+        except ShuttingDown as err:
+            await send_error(send, err)
+            self._metrics.request_done(route, model, err.status, time.perf_counter() - started)
+            return
+        writer = StreamWriter(send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        trace = self._tracer.request(route, headers)
+        try:
+            with trace.step("prepare"):
+                prepared = self._prepare(route, await read_body(receive, headers, self._config.max_payload_size), headers)
+            trace.identify(prepared.descriptor)
             id_token = request_id_var.set(prepared.descriptor.request_id)
             model = self._model_label(prepared.descriptor.model)
-            writer = StreamWriter(send)
             async with self._admitted(), HangUpWatch(receive, writer) as client:
-                plan = self._place(prepared)
+                with trace.step("place") as step:
+                    plan = self._place(prepared)
+                    step.placed(plan)
                 reply = await self._dispatch(prepared, plan)
-                status = await self._render(prepared, reply, send, writer, started)
+                with trace.step("render") as step:
+                    status = await self._render(prepared, reply, send, writer, started, step)
             if client.left:
                 status = CLIENT_CLOSED
         except ApiError as err:
-            status = err.status
+            status, error = err.status, err.message
             await send_error(send, err)
+        except asyncio.CancelledError:
+            if not drain.expired:
+                raise
+            status = await _end_cut_short(send, writer)
         finally:
+            drain.leave()
             self._metrics.request_done(route, model, status, time.perf_counter() - started)
+            trace.finish(status, error)
             if id_token is not None:
                 request_id_var.reset(id_token)
 
@@ -124,7 +151,9 @@ class InferencePath:
                 500, "internal router error; see the router's log for this request id", code="internal_error"
             ) from None
 
-    async def _render(self, prepared: PreparedRequest, reply: Reply, send: Send, writer: StreamWriter, started: float) -> int:
+    async def _render(
+        self, prepared: PreparedRequest, reply: Reply, send: Send, writer: StreamWriter, started: float, step: Step
+    ) -> int:
         """Write the reply to the client; return the status it got. Closes the reply on
         every path (load counters released, an unfinished upstream stream aborted)."""
         try:
@@ -134,6 +163,7 @@ class InferencePath:
                 return reply.status
             sse_headers = header_list(SSE_CONTENT_TYPE, [("cache-control", "no-cache"), *extra])
             times = await relay_stream(reply, writer, sse_headers)
+            step.streamed(times.output_events, times.complete)
             self._observe_stream(prepared.route, started, times)
             return reply.status
         finally:
@@ -172,6 +202,21 @@ class _Admitted:
     async def __aexit__(self, *exc: object) -> None:
         assert self._slot is not None
         self._slot.release()
+
+
+async def _end_cut_short(send: Send, writer: StreamWriter) -> int:
+    """End a request the shutdown cancelled when its grace period ran out: a 503, or on a
+    started stream an SSE error event and `[DONE]`; return the status to record. The
+    cancellation is absorbed here (uncancelled), as the request now ends normally."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.uncancel()
+    err = ShuttingDown("router shut down before this answer was complete (grace period over); retry the request")
+    if writer.started:
+        await writer.fail(err)
+    else:
+        await send_error(send, err)
+    return err.status
 
 
 async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:

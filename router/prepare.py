@@ -9,6 +9,7 @@ The raw bytes are kept: co-located dispatch forwards them unchanged.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from router.chat_template import ChatTemplateError
 from router.errors import ApiError
 from router.placement.types import RequestDescriptor, estimate_prompt_tokens
 from router.tokenizer import Tokenizer
+
+logger = logging.getLogger("atom_mesh.prepare")
 
 CHAT_ROUTE = "/v1/chat/completions"
 COMPLETIONS_ROUTE = "/v1/completions"
@@ -127,6 +131,17 @@ def _chat_text(messages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _rendered_chat(tokenizer: Tokenizer, body: dict[str, Any]) -> str | None:
+    """The chat's prompt as the engine renders it, or None (no template, or the template
+    rejects the chat: the engine, which renders it again, then answers with its own error,
+    so the router routes by the plain text instead of refusing what the engine might take)."""
+    try:
+        return tokenizer.render_chat(body)
+    except ChatTemplateError as exc:
+        logger.debug("chat template rejected a chat; routing by its text", extra={"reason": str(exc)})
+        return None
+
+
 def _prompt_key(prompt: Any) -> tuple[str, list[int] | None, int]:
     """(routing text, prompt token ids if the client sent ids, batch size)."""
     if isinstance(prompt, str):
@@ -175,6 +190,8 @@ def prepare_request(
     batch_size = 1
     if isinstance(parsed, ChatCompletionRequest):
         text, tokens = _chat_text(body["messages"]), None
+        if tokenizer is not None:
+            text = _rendered_chat(tokenizer, body) or text
         max_out = parsed.max_completion_tokens or parsed.max_tokens
     else:
         text, tokens, batch_size = _prompt_key(body["prompt"])

@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${ATOM_MESH_VENV:-.venv}
 PY=${PYTHON:-python3}
-EXTRAS=${ATOM_MESH_EXTRAS:-vllm,dev,mooncake,bench}
+EXTRAS=${ATOM_MESH_EXTRAS:-vllm,dev,mooncake,bench,k8s,yaml,otel}
 
 # libibverbs1/librdmacm1/libnuma1: the Mooncake transfer engine; wrk and nginx: the
-# router-overhead benchmark (a load generator and a backend faster than any router).
+# router-overhead benchmark (a load generator and a backend faster than any router);
+# redis-server: the replicas' optional shared state (tests start their own on a free port).
 need_debs=()
-for deb in libibverbs1 librdmacm1 libnuma1 wrk nginx; do
+for deb in libibverbs1 librdmacm1 libnuma1 wrk nginx redis-server; do
   dpkg -s "$deb" >/dev/null 2>&1 || need_debs+=("$deb")
 done
 if [ ${#need_debs[@]} -gt 0 ]; then

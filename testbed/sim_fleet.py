@@ -50,7 +50,14 @@ class SimFleet:
     def clear_faults(self) -> None:
         for w in self.workers:
             self.set_faults(
-                w["index"], error_rate=0.0, hang_rate=0.0, spike_rate=0.0, die_after_tokens=None, unhealthy=False, listening=True
+                w["index"],
+                error_rate=0.0,
+                hang_rate=0.0,
+                spike_rate=0.0,
+                die_after_tokens=None,
+                unhealthy=False,
+                listening=True,
+                paused=False,
             )
 
     def stats(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import orjson
 
 from router.placement.types import Pair, PlacementPlan, Single
 from router.prepare import CHAT_ROUTE, PreparedRequest
+from router.tracing import OFF, Tracer
 from router.workers.worker import Worker
 
 logger = logging.getLogger("atom_mesh.dispatch")
@@ -69,8 +70,9 @@ class Adapter(abc.ABC):
     # False: decode needs a prefill leg every time and P/D pools always pair.
     runs_decode_only: ClassVar[bool] = False
 
-    def __init__(self, http: aiohttp.ClientSession) -> None:
+    def __init__(self, http: aiohttp.ClientSession, tracer: Tracer = OFF) -> None:
         self.http = http
+        self.tracer = tracer
 
     async def prepare_worker(self, worker: Worker) -> None:
         """Read what the protocol needs from a newly registered worker (default: nothing).
@@ -90,11 +92,19 @@ class Adapter(abc.ABC):
         return Upstream(plan.worker, await self.post(plan.worker, request.route, request.raw, headers))
 
     async def post(self, worker: Worker, route: str, data: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
-        """POST `data` to `worker`; a connection failure becomes `LegFailure(status=None)`."""
-        try:
-            return await self.http.post(worker.url + route, data=data, headers=headers)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise LegFailure(worker, f"cannot reach {worker.role.value} worker {worker.url}: {exc!r}") from exc
+        """POST `data` to `worker`; a connection failure becomes `LegFailure(status=None)`.
+
+        Every upstream leg of every protocol goes through here, so this is where its span
+        starts and its `traceparent` header is added.
+        """
+        url = worker.url + route
+        with self.tracer.leg(worker, url) as leg:
+            try:
+                resp = await self.http.post(url, data=data, headers=leg.inject(headers))
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise LegFailure(worker, f"cannot reach {worker.role.value} worker {worker.url}: {exc!r}") from exc
+            leg.answered(resp.status)
+            return resp
 
     async def post_leg(
         self, worker: Worker, route: str, body: dict[str, Any], headers: Mapping[str, str]

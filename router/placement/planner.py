@@ -9,17 +9,30 @@ In a P/D pool the decode worker is chosen first (its cache decides what a prefil
 save), then the `DisaggRule` says whether to pair a prefill worker with it (`Pair`) or
 let it prefill locally (`Single` on the decode worker); the prefill policy runs only for
 a pair.
+
+Overload protection (`router.placement.overload`) is the last candidate filter: a pool's
+overloaded workers are left out while another has room. When it changed the candidates,
+its reason is appended to the policy's (`least_load+overload_filtered`), so the
+placement metric shows both what the policy chose and that overload shaped the choice.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from router.config import DisaggConfig, RouterConfig
-from router.errors import NoHealthyDecodeError, NoHealthyPrefillError, NoWorkersError, PlacementError, UnknownModelError
+from router.config import DisaggConfig, LoadMonitorConfig, RouterConfig
+from router.errors import (
+    NoHealthyDecodeError,
+    NoHealthyPrefillError,
+    NoWorkersError,
+    PlacementError,
+    UnknownModelError,
+    WorkerOverloadShedError,
+)
 from router.placement.disagg_decider import DisaggRule
+from router.placement.overload import Filtered, filter_overloaded
 from router.placement.types import PAIR, Pair, PlacementPlan, RequestDescriptor, Single
 from router.policies.base import Policy, Selection
 from router.policies.kv_block_index import KVBlockIndex
@@ -42,7 +55,7 @@ class Planner:
     """One policy per pool; `plan` turns a request into a `Single` or a `Pair`.
 
     `disagg` decides pair versus decode-only in P/D mode; by default it always pairs (a
-    backend that cannot run decode-only).
+    backend that cannot run decode-only). `load` holds the overload thresholds.
     """
 
     def __init__(
@@ -51,6 +64,7 @@ class Planner:
         prefill_policy: Policy,
         decode_policy: Policy,
         disagg: DisaggRule | None = None,
+        load: LoadMonitorConfig | None = None,
     ) -> None:
         self._policies = {
             Role.REGULAR: regular_policy,
@@ -58,6 +72,7 @@ class Planner:
             Role.DECODE: decode_policy,
         }
         self.disagg = disagg or DisaggRule(DisaggConfig())
+        self.load = load or LoadMonitorConfig()
 
     @classmethod
     def from_config(
@@ -79,6 +94,7 @@ class Planner:
             prefill_policy=build(Role.PREFILL),
             decode_policy=build(Role.DECODE),
             disagg=DisaggRule(config.disagg, decode_only_capable),
+            load=config.load_monitor,
         )
 
     def policy(self, role: Role) -> Policy:
@@ -103,22 +119,22 @@ class Planner:
                 "pick one from GET /v1/models"
             )
         if not pd:
-            chosen = self._select(Role.REGULAR, self._candidates(Role.REGULAR, request, pool, now), request)
-            return Single(chosen.worker, chosen.reason)
+            chosen, reason = self._select(Role.REGULAR, self._candidates(Role.REGULAR, request, pool, now), request)
+            return Single(chosen.worker, reason)
         # Both pools are checked before either policy runs, so a failure changes no state.
         prefill_candidates = self._prefill_candidates(request, pool, now)
         decode_candidates = self._candidates(Role.DECODE, request, pool, now)
-        decode = self._select(Role.DECODE, decode_candidates, request)
+        decode, decode_reason = self._select(Role.DECODE, decode_candidates, request)
         decision = self.disagg.decide(
             prompt_tokens=request.prompt_tokens,
             cached_tokens=decode.cached_tokens,
-            prefill_in_flight=[w.in_flight_requests for w in prefill_candidates],
+            prefill_in_flight=[w.in_flight_requests for w in prefill_candidates.workers],
             failed_decision=request.failed_decision,
         )
         if decision.decision != PAIR:
-            return Single(decode.worker, decode.reason, decision)
-        prefill = self._select(Role.PREFILL, prefill_candidates, request)
-        return Pair(prefill.worker, decode.worker, prefill.reason, decode.reason, decision)
+            return Single(decode.worker, decode_reason, decision)
+        prefill, prefill_reason = self._select(Role.PREFILL, prefill_candidates, request)
+        return Pair(prefill.worker, decode.worker, prefill_reason, decode_reason, decision)
 
     def on_worker_removed(self, worker: Worker) -> None:
         """Registry removal listener: the worker's pool policy forgets it."""
@@ -128,21 +144,24 @@ class Planner:
         """The periodic eviction tick for every pool's policy; returns the total freed."""
         return sum(policy.evict(now) for policy in self._policies.values())
 
-    def _prefill_candidates(self, request: RequestDescriptor, pool: list[Worker], now: float) -> list[Worker]:
-        """The prefill candidates; none (rather than an error) where decode may serve alone."""
+    def _prefill_candidates(self, request: RequestDescriptor, pool: list[Worker], now: float) -> Filtered:
+        """The prefill candidates; none (rather than an error) where decode may serve alone,
+        which is also where a shed for overloaded prefill workers goes decode-only."""
         try:
             return self._candidates(Role.PREFILL, request, pool, now)
-        except NoHealthyPrefillError:
+        except (NoHealthyPrefillError, WorkerOverloadShedError):
             if self.disagg.may_skip_prefill:
-                return []
+                return Filtered([])
             raise
 
-    def _select(self, role: Role, candidates: Sequence[Worker], request: RequestDescriptor) -> Selection:
-        return self._policies[role].select_worker(candidates, request)
+    def _select(self, role: Role, candidates: Filtered, request: RequestDescriptor) -> tuple[Selection, str]:
+        """The policy's selection, and its reason with the overload filter's appended."""
+        selection = self._policies[role].select_worker(candidates.workers, request)
+        reason = f"{selection.reason}+{candidates.reason}" if candidates.reason else selection.reason
+        return selection, reason
 
-    @staticmethod
-    def _candidates(role: Role, request: RequestDescriptor, pool: list[Worker], now: float) -> list[Worker]:
-        """Workers of `role` that serve the model and take requests now.
+    def _candidates(self, role: Role, request: RequestDescriptor, pool: list[Worker], now: float) -> Filtered:
+        """Workers of `role` that serve the model, take requests now and are not overloaded.
 
         Workers this request already tried are left out, unless that leaves none: a retry
         on a worker that failed once beats failing the request outright.
@@ -152,7 +171,7 @@ class Planner:
         if not available:
             raise _unavailable(role, request.model, serving, now)
         fresh = [w for w in available if w.worker_id not in request.excluded and w.url not in request.excluded]
-        return fresh or available
+        return filter_overloaded(fresh or available, self.load, role.value)
 
 
 def _unavailable(role: Role, model: str | None, serving: list[Worker], now: float) -> PlacementError:

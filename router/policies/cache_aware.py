@@ -11,8 +11,9 @@ prefix cache (a `RadixTree` with one tenant per worker) and decides in this orde
 3. Otherwise take the worker whose tree is smallest ("smallest_tree"): it has the most
    room, and spreading new prefixes keeps future hits balanced.
 
-Load here is in-flight requests. Whatever was chosen, the key is inserted under that
-worker, since that is where the engine will now cache it. The selection reports the
+Load here is `request_load` (the engine's count corrected by this router's own).
+Whatever was chosen, the key is inserted under that worker, since that is where the
+engine will now cache it. The selection reports the
 chosen worker's matched prefix (before that insert) as its cached-token estimate: tokens
 for token keys, characters / `CHARS_PER_TOKEN` for text keys, the same conversion the
 prompt's own estimate uses.
@@ -30,7 +31,7 @@ from router.config import PolicyConfig
 from router.placement.types import CHARS_PER_TOKEN, RequestDescriptor
 from router.policies.base import Policy, Selection
 from router.policies.keys import routing_key
-from router.policies.load import least_loaded, load_of
+from router.policies.load import least_loaded, load_of, request_load
 from router.policies.radix_tree import Key, RadixTree
 from router.workers.worker import Worker
 
@@ -60,7 +61,7 @@ class CacheAwarePolicy(Policy):
         self.tree.insert(key, worker.worker_id)
 
     def _choose(self, workers: Sequence[Worker], key: Key) -> Selection:
-        loads = [w.in_flight_requests for w in workers]
+        loads = [request_load(w) for w in workers]
         max_load, min_load = max(loads), min(loads)
         if (
             max_load - min_load > self._config.balance_abs_threshold

@@ -6,7 +6,8 @@ sees evictions, restarts and traffic that bypassed the router. Scoring follows l
 filter -> scorer -> picker shape, every score in [0, 1]:
 
 - prefix score: leading prompt blocks the worker holds / full blocks in the prompt;
-- load score: 1 - in-flight requests / the most in-flight on any candidate;
+- load score: 1 - request load / the largest request load of any candidate
+  (`router.policies.load.request_load`);
 - total: `kv_overlap_weight` * prefix + `kv_load_weight` * load; the highest wins,
   ties to the least loaded (then at random).
 
@@ -27,7 +28,7 @@ from router.config import PolicyConfig
 from router.placement.types import RequestDescriptor
 from router.policies.base import Policy, Selection
 from router.policies.kv_block_index import KVBlockIndex
-from router.policies.load import least_loaded
+from router.policies.load import least_loaded, request_load
 from router.workers.worker import Worker
 
 
@@ -47,8 +48,9 @@ class KVAwarePolicy(Policy):
         self, workers: Sequence[Worker], request: RequestDescriptor
     ) -> tuple[dict[str, tuple[float, float]], dict[str, int]]:
         """The scores, and each worker's matched prefix in tokens (whole blocks)."""
-        most = max(w.in_flight_requests for w in workers)
-        load = {w.worker_id: 1.0 - (w.in_flight_requests / most if most else 0.0) for w in workers}
+        loads = {w.worker_id: request_load(w) for w in workers}
+        most = max(loads.values())
+        load = {wid: 1.0 - (n / most if most else 0.0) for wid, n in loads.items()}
         matched, total = self._index.matched_blocks(request.routing_tokens or [], load.keys())
         block_size = self._index.block_size(load.keys()) or 0
         scores = {wid: (matched[wid] / total if total else 0.0, load[wid]) for wid in load}

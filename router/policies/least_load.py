@@ -1,4 +1,4 @@
-"""`least_load`: the candidate with the fewest in-flight requests (then tokens)."""
+"""`least_load`: the candidate with the smallest request load (`router.policies.load`), then tokens."""
 
 from __future__ import annotations
 

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 
 class WorkerCollector:
-    """Each worker's lifecycle state, breaker state, in-flight load and failed health-probe
-    streak. States are one-hot gauges so dashboards can sum by state."""
+    """Each worker's lifecycle state, breaker state, in-flight load, failed health-probe
+    streak and, while the load monitor has a fresh sample, its engine's own running /
+    waiting requests and KV-cache usage. States are one-hot gauges so dashboards can sum
+    by state."""
 
     def __init__(self, manager: WorkerManager) -> None:
         self._manager = manager
@@ -38,6 +40,15 @@ class WorkerCollector:
         probes = GaugeMetricFamily(
             "atom_mesh_worker_health_consecutive_failures", "Failed health probes in a row.", labels=labels
         )
+        engine_running = GaugeMetricFamily(
+            "atom_mesh_worker_engine_running_requests", "Requests the engine reports running.", labels=labels
+        )
+        engine_waiting = GaugeMetricFamily(
+            "atom_mesh_worker_engine_waiting_requests", "Requests the engine reports queued.", labels=labels
+        )
+        engine_kv = GaugeMetricFamily(
+            "atom_mesh_worker_engine_kv_cache_usage", "Fraction of the engine's KV cache in use.", labels=labels
+        )
         for w in self._manager.registry:
             ids = [w.worker_id, w.url, w.role.value]
             for s in WorkerState:
@@ -46,4 +57,8 @@ class WorkerCollector:
                 breaker.add_metric([*ids, b.value], float(w.breaker.state is b))
             in_flight.add_metric(ids, w.in_flight_requests)
             probes.add_metric(ids, self._manager.health_counts(w)[0])
-        yield from (state, breaker, in_flight, probes)
+            if w.engine_load is not None:
+                engine_running.add_metric(ids, w.engine_load.running)
+                engine_waiting.add_metric(ids, w.engine_load.waiting)
+                engine_kv.add_metric(ids, w.engine_load.kv_usage)
+        yield from (state, breaker, in_flight, probes, engine_running, engine_waiting, engine_kv)

@@ -112,3 +112,19 @@ def validate_spec(spec: WorkerSpec, pd_disaggregation: bool) -> Role:
             param="kv_events_endpoint",
         )
     return role
+
+
+def parse_worker_list(entries: Any, pd_disaggregation: bool) -> list[WorkerSpec]:
+    """A file's list of worker entries (`--config-file`, `--discovery-file`), each parsed and
+    validated as above; the `WorkerRequestError` message starts with the entry, "workers[2]: "."""
+    if not isinstance(entries, list):
+        raise WorkerRequestError("'workers' must be a list of worker objects", param="workers")
+    specs = []
+    for index, entry in enumerate(entries):
+        try:
+            spec = parse_worker_spec(entry)
+            validate_spec(spec, pd_disaggregation)
+        except WorkerRequestError as err:
+            raise WorkerRequestError(f"workers[{index}]: {err.message}", param=err.param) from None
+        specs.append(spec)
+    return specs

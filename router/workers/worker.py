@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.workers.circuit_breaker import CircuitBreaker
+from router.workers.engine_load import EngineLoad
 
 
 class Role(enum.StrEnum):
@@ -60,6 +61,11 @@ class Worker:
     # Set while a drain waits for the last in-flight request; `LoadGuard.release` sets the
     # event when `in_flight_requests` reaches 0, so the drain needs no polling.
     idle: asyncio.Event | None = field(default=None, repr=False)
+    # The engine's own numbers from the load monitor's last fresh scrape (None: no fresh
+    # sample), and `in_flight_requests` at that moment, so load estimates can add what
+    # this router sent (or saw finish) since (`router.policies.load`).
+    engine_load: EngineLoad | None = None
+    in_flight_at_sample: int = 0
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")

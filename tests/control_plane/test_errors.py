@@ -21,11 +21,13 @@ CONTRACT: dict[type[TypedError], tuple[int, str, str]] = {
     errors.NoWorkersError: (503, "service_unavailable", "no_available_workers"),
     errors.NoHealthyPrefillError: (503, "service_unavailable", "no_healthy_prefill"),
     errors.NoHealthyDecodeError: (503, "service_unavailable", "no_healthy_decode"),
+    errors.WorkerOverloadShedError: (503, "service_unavailable", "worker_overload_protection_shed"),
     errors.UnknownModelError: (404, "invalid_request_error", "model_not_found"),
     errors.WorkerRequestError: (400, "invalid_request_error", "invalid_worker"),
     errors.WorkerConflictError: (409, "invalid_request_error", "worker_exists"),
     errors.WorkerNotFoundError: (404, "invalid_request_error", "worker_not_found"),
     errors.WorkerStartFailedError: (503, "service_unavailable", "worker_failed"),
+    errors.ShuttingDown: (503, "service_unavailable", "shutting_down"),
 }
 
 

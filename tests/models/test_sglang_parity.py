@@ -2,7 +2,7 @@
 
 Dense (Qwen3, tied embeddings): SGLang's own implementation and ours serve the same
 greedy requests through SGLang's native `/generate`; output token ids must be identical
-and input (prompt) and output logprobs must agree to 1e-4. Servers run one at a time.
+and input (prompt) and output logprobs must agree to 1e-4. The two servers start together.
 
 MoE (Qwen3-MoE): SGLang 0.5.23's built-in Qwen3-MoE on this CPU build disagrees with
 Hugging Face transformers and with vLLM's built-in from the first generated token (seen
@@ -21,7 +21,7 @@ import transformers
 
 from testbed.models import build_tiny_model
 from testbed.processes import ManagedProcess
-from testbed.sglang_engine import sglang_available, start_sglang
+from testbed.sglang_engine import DEFAULT_READY_TIMEOUT, sglang_available, start_sglang
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -79,22 +79,33 @@ def _assert_same(ours: list[dict], builtin: list[dict]) -> None:
 
 def test_dense_model_impl_atom_matches_sglang_builtin() -> None:
     model_dir: Path = build_tiny_model("qwen3")
-    with start_sglang(model_dir, extra_args=DTYPE, name="sglang-builtin-qwen3") as proc:
-        builtin = _generate(proc)
-    ours = _generate_atom(model_dir, "qwen3")
+    # Both servers start at once (their start-ups overlap, one per core), then answer in turn.
+    with (
+        start_sglang(model_dir, extra_args=DTYPE, wait=False, name="sglang-builtin-qwen3") as reference,
+        _start_atom(model_dir, "qwen3") as proc,
+    ):
+        reference.wait_http_ready(timeout=DEFAULT_READY_TIMEOUT)
+        builtin = _generate(reference)
+        ours = _generate_atom(proc)
     _assert_same(ours, builtin)
 
 
 def test_moe_model_impl_atom_matches_transformers() -> None:
     model_dir = build_tiny_model("qwen3_moe")
-    ours = _generate_atom(model_dir, "qwen3_moe")
+    with _start_atom(model_dir, "qwen3_moe") as proc:
+        ours = _generate_atom(proc)
     _assert_same(ours, [_transformers_greedy(model_dir, r["input_ids"]) for r in ours])
 
 
-def _generate_atom(model_dir: Path, kind: str) -> list[dict]:
-    with start_sglang(model_dir, extra_args=[*DTYPE, "--model-impl", "atom"], name=f"sglang-atom-{kind}") as proc:
-        results = _generate(proc)
-        assert "type=AtomForCausalLM" in proc.log_text(), "SGLang did not load our model class"
+def _start_atom(model_dir: Path, kind: str) -> ManagedProcess:
+    """An SGLang server with `--model-impl atom`, started without waiting for it."""
+    return start_sglang(model_dir, extra_args=[*DTYPE, "--model-impl", "atom"], wait=False, name=f"sglang-atom-{kind}")
+
+
+def _generate_atom(proc: ManagedProcess) -> list[dict]:
+    proc.wait_http_ready(timeout=DEFAULT_READY_TIMEOUT)
+    results = _generate(proc)
+    assert "type=AtomForCausalLM" in proc.log_text(), "SGLang did not load our model class"
     return results
 
 

@@ -3,8 +3,8 @@
 For each tiny random-weight model (Llama, Qwen3 with tied embeddings, Qwen3-MoE) the
 built-in implementation and ours (selected with `--hf-overrides`) serve the same batch
 of greedy completions; generated token ids must be identical and every prompt and
-sampled-token logprob must agree to 1e-4 (float32). The engines run one after the other
-(at most two alive: the shared reference Llama engine plus one of ours).
+sampled-token logprob must agree to 1e-4 (float32). Per model the reference (for Llama
+the session's shared engine) and ours start together: at most two engines are alive.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from testbed.models import build_tiny_model
 from testbed.processes import ManagedProcess
-from testbed.vllm_engine import start_vllm
+from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, start_vllm
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -78,13 +78,16 @@ def _assert_same(ours: list[dict], builtin: list[dict]) -> None:
 )
 def test_atom_matches_builtin(kind: str, atom_arch: str, request: pytest.FixtureRequest) -> None:
     model_dir = build_tiny_model(kind)
-    if kind == "llama":  # the session's shared built-in Llama engine is the reference
-        builtin = _complete(request.getfixturevalue("vllm_colocated"), model_dir)
-    else:
-        with start_vllm(model_dir, name=f"vllm-builtin-{kind}") as proc:
-            builtin = _complete(proc, model_dir)
     overrides = json.dumps({"architectures": [atom_arch]})
-    with start_vllm(model_dir, extra_args=["--hf-overrides", overrides], name=f"vllm-atom-{kind}") as proc:
+    # Our engine starts first and without waiting: its start-up overlaps the reference's
+    # (the two are mostly single-threaded imports and loads, one per core).
+    with start_vllm(model_dir, extra_args=["--hf-overrides", overrides], wait=False, name=f"vllm-atom-{kind}") as proc:
+        if kind == "llama":  # the session's shared built-in Llama engine is the reference
+            builtin = _complete(request.getfixturevalue("vllm_colocated"), model_dir)
+        else:
+            with start_vllm(model_dir, name=f"vllm-builtin-{kind}") as reference:
+                builtin = _complete(reference, model_dir)
+        proc.wait_http_ready("/health", timeout=DEFAULT_READY_TIMEOUT)
         ours = _complete(proc, model_dir)
         assert f"Resolved architecture: {atom_arch}" in proc.log_text(), "vLLM did not pick our class"
     _assert_same(ours, builtin)

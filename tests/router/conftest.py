@@ -16,7 +16,7 @@ from openai import OpenAI
 
 from testbed.router_process import start_router
 from testbed.vllm_engine import start_vllm
-from tests.support.engine_cases import CASES, Answer, Case, ask, build_prompts
+from tests.support.engine_cases import CASES, Answer, Case, ask, build_prompts, engine_chat_tokens
 
 
 def _settled_metrics(url: str, expected_requests: int) -> str:
@@ -42,11 +42,13 @@ def pd_prompts(tiny_llama: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def reference_answers(tiny_llama: Path, pd_prompts: dict[str, str]) -> dict[str, dict[Case, Answer]]:
     """Answers of one plain co-located vLLM engine, asked directly ("direct") and through
-    the router with the openai backend ("router")."""
+    the router with the openai backend ("router"), and the engine's token ids of the
+    rendered `TEMPLATE_CHATS` ("chat_tokens")."""
     engine = start_vllm(tiny_llama, name="vllm-reference")
     try:
         model = str(tiny_llama)
         direct = {case: ask(OpenAI(base_url=engine.url + "/v1", api_key="none"), model, case, pd_prompts) for case in CASES}
+        chat_tokens = engine_chat_tokens(engine.url, model)
         router = start_router("--worker-urls", engine.url, "--policy", "round_robin")
         try:
             client = OpenAI(base_url=router.url + "/v1", api_key="none")
@@ -56,4 +58,4 @@ def reference_answers(tiny_llama: Path, pd_prompts: dict[str, str]) -> dict[str,
             router.stop()
     finally:
         engine.stop()
-    return {"direct": direct, "router": via_router, "router_metrics": metrics}  # type: ignore[dict-item]
+    return {"direct": direct, "router": via_router, "router_metrics": metrics, "chat_tokens": chat_tokens}  # type: ignore[dict-item]

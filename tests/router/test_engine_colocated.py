@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.engine_cases import CASES, Case, assert_same
+from router.tokenizer import load_tokenizer
+from tests.support.engine_cases import CASES, TEMPLATE_CHATS, Case, assert_same
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -23,3 +24,13 @@ def test_router_metrics_saw_the_traffic(reference_answers) -> None:
     for route in ("/v1/chat/completions", "/v1/completions"):
         assert f'atom_mesh_time_to_first_token_seconds_count{{route="{route}"}} 3.0' in metrics
         assert f'atom_mesh_inter_event_latency_seconds_count{{route="{route}"}} 3.0' in metrics
+
+
+@pytest.mark.parametrize("name", TEMPLATE_CHATS)
+def test_router_renders_chats_into_the_engines_token_ids(name: str, reference_answers, tiny_llama) -> None:
+    """kv_aware matches chats by the ids of their rendered prompt: ours must be vLLM's."""
+    tokenizer = load_tokenizer(str(tiny_llama))
+    assert tokenizer is not None
+    rendered = tokenizer.render_chat(TEMPLATE_CHATS[name])
+    assert rendered is not None
+    assert tokenizer.encode(rendered) == reference_answers["chat_tokens"][name]

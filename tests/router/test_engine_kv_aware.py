@@ -5,7 +5,8 @@ finds each engine's publisher by asking it (`GET /kv_event_sources`), subscribes
 the blocks the engines report, and
 must send a request whose prompt prefix one engine already cached to that engine, every
 time, while a prompt nobody cached is placed by load. Prompts are token ids, which the
-engines cache exactly as sent (block size 128 on CPU).
+engines cache exactly as sent (block size 128 on CPU), and chats, which the router renders
+with the model's chat template and tokenizes (`--tokenizer-path`) as the engine does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router.tokenizer import load_tokenizer
 from testbed.ports import free_port
 from testbed.processes import ManagedProcess
 from testbed.router_process import start_router
@@ -45,7 +47,10 @@ def fleet(tiny_llama: Path) -> Iterator[tuple[ManagedProcess, list[ManagedProces
         for engine in engines:
             engine.wait_http_ready("/health", timeout=DEFAULT_READY_TIMEOUT)
         urls = [e.url for e in engines]
-        router = start_router("--policy", "kv_aware", "--worker-urls", *urls, "--worker-startup-check-interval", "0.5")
+        router = start_router(
+            "--policy", "kv_aware", "--worker-urls", *urls, "--worker-startup-check-interval", "0.5",
+            "--tokenizer-path", str(tiny_llama),
+        )
         procs.append(router)
         yield router, engines
     finally:
@@ -109,3 +114,40 @@ def test_cached_prefix_goes_to_the_engine_that_holds_it(fleet, tiny_llama: Path)
         assert _metric(router, "atom_mesh_placements_total", policy="kv_aware", reason="kv_hit") == hits_before + 4
         assert _metric(router, "atom_mesh_kv_events_total", worker_id=ids[holder], type="BlockStored") >= 1
     assert set(ids) == {e.url for e in engines}  # the router found both engines' publishers itself
+
+
+def _chat(router: ManagedProcess, model: str, system: str, question: str) -> str:
+    body = {
+        "model": model,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        "max_tokens": 2,
+        "temperature": 0,
+    }
+    r = httpx.post(f"{router.url}/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200 and r.json()["choices"], r.text
+    return r.headers["x-atom-worker"]
+
+
+def test_chats_sharing_a_long_system_prompt_go_to_the_engine_that_holds_it(fleet, tiny_llama: Path) -> None:
+    router, _engines = fleet
+    model = str(tiny_llama)
+    _wait_for("both engines registered", lambda: len(_ready(router)) == 2, router)
+    ids = {w["url"]: w["id"] for w in _ready(router)}
+    tokenizer = load_tokenizer(model)
+    assert tokenizer is not None
+    rng = random.Random(11)
+    words = " ".join(rng.choice(("prefill", "decode", "cache", "router", "block", "engine")) for _ in range(400))
+    system = f"You are the fleet's assistant. {words}"
+    rendered = tokenizer.render_chat({"messages": [{"role": "system", "content": system}]}) or ""
+    assert len(tokenizer.encode(rendered)) > 2 * 128, "the system prompt must span two KV blocks"
+    blocks_before = {url: _metric(router, "atom_mesh_kv_indexed_blocks", worker_id=wid) for url, wid in ids.items()}
+    holder = _chat(router, model, system, "What runs first?")
+    _wait_for(
+        "the holder's blocks of the chat reached the router's index",
+        lambda: _metric(router, "atom_mesh_kv_indexed_blocks", worker_id=ids[holder]) >= blocks_before[holder] + 2,
+        router,
+    )
+    hits_before = _metric(router, "atom_mesh_placements_total", policy="kv_aware", reason="kv_hit")
+    for question in ("And then?", "Which worker decodes?", "How long does the cache live?", "Why two hops?"):
+        assert _chat(router, model, system, question) == holder
+    assert _metric(router, "atom_mesh_placements_total", policy="kv_aware", reason="kv_hit") == hits_before + 4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -61,9 +60,8 @@ def test_tls_metrics_listener_and_clean_sigterm(tmp_path: Path) -> None:
         assert status == 200 and "atom_mesh_admission" in text
     finally:
         proc.stop()
-    # SIGTERM stops both listeners; uvicorn re-raises the signal once shut down, so the
-    # status is 0 or "terminated by SIGTERM", never a crash.
-    assert proc.poll() in (0, -signal.SIGTERM), proc.log_tail()
+    # SIGTERM stops both listeners after the (here empty) drain, and the router exits 0.
+    assert proc.poll() == 0, proc.log_tail()
     assert "Traceback" not in proc.log_text(), proc.log_tail()
 
 

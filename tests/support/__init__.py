@@ -7,6 +7,7 @@ demo use too. Here: `shared_engine` (an engine several tests share), `recording_
 `fault_harness` (router process + outcome-classifying client), `engine_cases` (greedy
 OpenAI SDK cases), `pd_client` (completions and the two P/D legs over aiohttp),
 `completions` (greedy completions over httpx), `sglang_venv` (snippets in the SGLang venv),
+`fake_kube_api` (a pods-only Kubernetes API server for the real client library),
 and the test-only shims engines load by path (`sglang_shims/`, `vllm_mooncake_cpu/`).
 Keep one copy of each helper here.
 """

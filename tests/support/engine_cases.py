@@ -97,3 +97,46 @@ def assert_same(got: Answer, want: Answer) -> None:
     assert len(got.logprobs) == len(want.logprobs) == MAX_TOKENS
     for g, w in zip(got.logprobs, want.logprobs, strict=True):
         assert math.isclose(g, w, rel_tol=1e-3, abs_tol=1e-3), (got.logprobs, want.logprobs)
+
+
+# Chats whose rendered prompt the router must tokenize as the engine does (vLLM's
+# /tokenize is the reference): each is a chat completions body without "model".
+TEMPLATE_CHATS: dict[str, dict[str, Any]] = {
+    "one-user-turn": {"messages": [{"role": "user", "content": "Hello there"}]},
+    "system-and-turns": {
+        "messages": [
+            {"role": "system", "content": "You route requests."},
+            {"role": "user", "content": "Where does prefill run?"},
+            {"role": "assistant", "content": "On the prefill worker."},
+            {"role": "user", "content": "And decode?"},
+        ]
+    },
+    "content-parts": {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "first part"}, {"type": "text", "text": "second"}]}]
+    },
+    "multi-byte": {"messages": [{"role": "user", "content": "café, 東京, 🚀 and naïve résumé"}]},
+    "developer-role": {
+        "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    },
+    "no-generation-prompt": {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "add_generation_prompt": False,
+    },
+    "continue-final-message": {
+        "messages": [{"role": "user", "content": "Count:"}, {"role": "assistant", "content": "one, two,"}],
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+    },
+}
+
+
+def engine_chat_tokens(url: str, model: str) -> dict[str, list[int]]:
+    """Each TEMPLATE_CHATS prompt's token ids as the engine renders them (vLLM /tokenize)."""
+    import httpx
+
+    tokens = {}
+    for name, chat in TEMPLATE_CHATS.items():
+        resp = httpx.post(f"{url}/tokenize", json={"model": model, **chat}, timeout=60)
+        assert resp.status_code == 200, f"{name}: {resp.text}"
+        tokens[name] = resp.json()["tokens"]
+    return tokens

@@ -66,8 +66,11 @@ def make_config(
 
 
 @contextlib.asynccontextmanager
-async def running_router(config: RouterConfig, *, wait_ready: bool = True) -> AsyncIterator[RunningRouter]:
-    app = create_app(config)
+async def running_router(
+    config: RouterConfig, *, wait_ready: bool = True, tracer_provider: Any = None
+) -> AsyncIterator[RunningRouter]:
+    """`tracer_provider`: an OpenTelemetry SDK `TracerProvider` the router traces into."""
+    app = create_app(config, tracer_provider=tracer_provider)
     port = free_port()
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     task = asyncio.create_task(server.serve())
