@@ -28,7 +28,7 @@ from benchmarks.loadgen import run_trace, summarize
 from benchmarks.processes import RouterUnderTest, SimFleetProcess
 from benchmarks.report import machine_info, write_json
 from benchmarks.workloads import Workload
-from testbed.processes import ManagedProcess
+from testbed.processes import EngineStartError, ManagedProcess
 from testbed.redis_server import RedisServer, start_redis
 
 WORKLOADS = ("shared-prefix", "kv-pressure")
@@ -115,6 +115,17 @@ def format_replica_table(runs: list[dict[str, Any]], meta: dict[str, Any]) -> st
     return "\n".join(lines)
 
 
+def _run_with_one_retry(policy: str, workload: Workload, setup: Setup, opts: Options, echo: bool) -> dict[str, Any]:
+    """`run_setup`, started over once if a process fails to start (on a shared machine a
+    free port can be taken by someone else before our server binds it)."""
+    try:
+        return run_setup(policy, workload, setup, opts)
+    except EngineStartError as exc:
+        if echo:
+            print(f"  start-up failed ({str(exc).splitlines()[0]}); once more", flush=True)
+        return run_setup(policy, workload, setup, opts)
+
+
 def run_replicas(opts: Options, policies: Sequence[str], replicas: int, echo: bool = True) -> dict[str, Any]:
     runs = []
     for name in opts.workloads:
@@ -123,7 +134,7 @@ def run_replicas(opts: Options, policies: Sequence[str], replicas: int, echo: bo
             for setup in setups_for(policy, replicas):
                 if echo:
                     print(f"[{name}] {policy} {setup.label} ({len(workload.requests)} requests) ...", flush=True)
-                runs.append(run_setup(policy, workload, setup, opts))
+                runs.append(_run_with_one_retry(policy, workload, setup, opts, echo))
     meta = {
         **machine_info(),
         "workers": opts.workers,
