@@ -14,7 +14,8 @@ without knowing which stage raised it (as httpx and Starlette keep one exception
         ├── PlacementError                503 no worker (NoWorkers..., NoHealthy...,
         │                                 WorkerOverloadShed), 404 UnknownModel
         ├── WorkerRequestError            400 bad worker spec, 409, 404, 503 (admin API)
-        └── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
+        ├── ShuttingDown                  503 shutting_down (graceful shutdown, router.drain)
+        └── InvalidGenerationRequest      400 invalid_parameter (router.generation: sampling, prompt)
 
 `Retry-After` is derived in one place (`ApiError.headers`) from `retry_after`, the
 seconds the raiser knows the client should wait.
@@ -256,3 +257,16 @@ class ShuttingDown(TypedError):
     @property
     def headers(self) -> list[tuple[str, str]]:
         return [*super().headers, ("connection", "close")]
+
+
+# -- router-side generation (router.generation) -----------------------------------------------
+
+
+class InvalidGenerationRequest(TypedError):
+    """A request the router's token-level path cannot run as sent (a sampling parameter out
+    of range, a prompt longer than the model's context, a feature this path lacks); `param`
+    names the field, as vLLM's server does."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_parameter"

@@ -50,6 +50,19 @@ class HFTokenizer:
         # transformers' apply_chat_template and vLLM's completions of plain text.
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_text(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        """The ids an engine runs for `text`: vLLM encodes completions prompts with the
+        special tokens (the post-processor adds BOS where the model wants one) and
+        rendered chats without. Through `encode_batch`, which releases the GIL while it
+        works (`encode` holds it), so a worker thread encoding a long prompt leaves the
+        event loop free."""
+        return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+    @property
+    def backend(self) -> Any:
+        """The `tokenizers.Tokenizer` itself, for incremental detokenization."""
+        return self._tok
+
     def render_chat(self, body: Mapping[str, Any]) -> str | None:
         """Render with the request's own template switches, as vLLM reads them.
 

@@ -28,6 +28,7 @@ CONTRACT: dict[type[TypedError], tuple[int, str, str]] = {
     errors.WorkerNotFoundError: (404, "invalid_request_error", "worker_not_found"),
     errors.WorkerStartFailedError: (503, "service_unavailable", "worker_failed"),
     errors.ShuttingDown: (503, "service_unavailable", "shutting_down"),
+    errors.InvalidGenerationRequest: (400, "invalid_request_error", "invalid_parameter"),
 }
 
 
