@@ -11,7 +11,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -91,20 +91,26 @@ async def _send(session: aiohttp.ClientSession, base_url: str, req: TraceRequest
         return RequestResult(req.group, False, 0, ttft, time.perf_counter() - start, tokens, f"{type(exc).__name__}: {exc}"[:200])
 
 
-async def run_trace(base_url: str, workload: Workload, timeout_s: float = 600.0) -> tuple[list[RequestResult], float]:
-    """Send every request of `workload` at its arrival time; return results and wall time."""
+async def run_trace(
+    base_url: str | Sequence[str], workload: Workload, timeout_s: float = 600.0
+) -> tuple[list[RequestResult], float]:
+    """Send every request of `workload` at its arrival time; return results and wall time.
+
+    Several base URLs (router replicas) take the requests round-robin, in trace order, as a
+    load balancer in front of them would."""
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = time.perf_counter()
 
-        async def at_arrival(req: TraceRequest) -> RequestResult:
+        async def at_arrival(req: TraceRequest, url: str) -> RequestResult:
             delay = start + req.arrival_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            return await _send(session, base_url, req)
+            return await _send(session, url, req)
 
-        results = await asyncio.gather(*(at_arrival(r) for r in workload.requests))
+        results = await asyncio.gather(*(at_arrival(r, urls[i % len(urls)]) for i, r in enumerate(workload.requests)))
         return list(results), time.perf_counter() - start
 
 

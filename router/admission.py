@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -74,6 +75,33 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
+def bucket_capacity(rate: float) -> float:
+    """The burst a rate limit of `rate` tokens/s allows: one second's worth (at least one
+    token), which smooths client jitter without allowing floods. One rule for the local
+    bucket and the shared one in Redis."""
+    return max(1.0, rate)
+
+
+class RateLimiter(Protocol):
+    """Where the global rate limit's tokens come from: this process's own bucket, or one
+    shared by every replica (`router.shared_state.redis_rate_limit`)."""
+
+    async def try_take(self) -> float:
+        """Take one token: 0.0 if granted, else the seconds until one is due."""
+        ...
+
+
+class LocalRateLimiter:
+    """The rate limit as this replica's own `TokenBucket` on the monotonic clock."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._bucket = TokenBucket(rate, bucket_capacity(rate))
+        self._clock = clock
+
+    async def try_take(self) -> float:
+        return self._bucket.try_take(self._clock())
+
+
 class _Expired(Exception):
     """A queued request's wait ran out (internal; surfaces as `QueueTimeout`)."""
 
@@ -102,14 +130,21 @@ class Slot:
 class AdmissionController:
     """Admits requests under `AdmissionConfig`; counters are exposed for metrics."""
 
-    def __init__(self, config: AdmissionConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: AdmissionConfig,
+        clock: Callable[[], float] = time.monotonic,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        """`rate_limiter` replaces the local bucket `--rate-limit-tokens-per-second` would
+        get (the app passes the Redis-shared one with `--redis-url`)."""
         if config.queue_size < 0:
             raise ValueError("--queue-size must be >= 0")
         self.config = config
-        self._clock = clock
         rate = config.rate_limit_tokens_per_second
-        # Burst of one second's worth of tokens: smooths client jitter without allowing floods.
-        self._bucket = TokenBucket(rate, max(1.0, rate)) if rate else None
+        if rate_limiter is None and rate:
+            rate_limiter = LocalRateLimiter(rate, clock)
+        self._rate_limiter = rate_limiter
         self._limit = config.max_concurrent_requests
         self.active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -121,8 +156,8 @@ class AdmissionController:
 
     async def acquire(self) -> Slot:
         """Wait for admission; raise an `AdmissionRejected` subclass if refused."""
-        if self._bucket is not None:
-            wait = self._bucket.try_take(self._clock())
+        if self._rate_limiter is not None:
+            wait = await self._rate_limiter.try_take()
             if wait > 0:
                 self._reject("rate_limited")
                 raise RateLimited("rate limit exceeded; retry after the Retry-After delay", retry_after=wait)

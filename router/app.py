@@ -8,7 +8,8 @@ Start-up (lifespan): the pooled upstream session (all inference traffic and /v1/
 the worker manager (registration with the adapter's hook, health checks; it keeps its own
 small session for probes, since the admin routes need it before the loop runs), worker
 discovery (`router.discovery`: a watched file, Kubernetes pods), the load monitor
-(scrapes the engines' /metrics with the manager's session), the policies' eviction tick.
+(scrapes the engines' /metrics with the manager's session), the replicas' shared state
+(`--redis-url`, router.shared_state), the policies' eviction tick.
 Shutdown closes them in reverse.
 """
 
@@ -48,6 +49,7 @@ from router.placement.types import PlacementPlan, RequestDescriptor
 from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
 from router.render import error_response
+from router.shared_state.replica_state import ReplicaState
 from router.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from router.tracing import create_tracer
 from router.transports.grpc_channel import GrpcChannels, grpc_available
@@ -101,7 +103,10 @@ class RouterService:
         self.tracer = create_tracer(config.tracing, tracer_provider)
         self.registry = WorkerRegistry()
         self.metrics = RouterMetrics()
-        self.admission = AdmissionController(config.admission)
+        # With --redis-url, what replicas share (rate limit bucket, cache_aware decisions).
+        self.replica_state = ReplicaState.from_config(config)
+        rate_limiter = self.replica_state.rate_limiter if self.replica_state else None
+        self.admission = AdmissionController(config.admission, rate_limiter=rate_limiter)
         self.tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
         rng = random.Random(config.seed)
         # The engines' KV events feed one index, read by every kv_aware pool.
@@ -110,6 +115,8 @@ class RouterService:
             config, rng, kv_index, decode_only_capable=ADAPTERS[config.backend].runs_decode_only
         )
         self.registry.on_removed(self.planner.on_worker_removed)
+        if self.replica_state is not None:
+            self.replica_state.share_trees(self.registry, self.planner, tokenized=self.tokenizer is not None)
         # One gRPC channel per grpc:// worker, shared by dispatch, health and KV events.
         self.grpc_channels = GrpcChannels()
         self.registry.on_removed(self.grpc_channels.discard)
@@ -158,6 +165,8 @@ class RouterService:
         await self.manager.start()
         await self.discovery.start()
         self.load_monitor.start(self.manager.session)
+        if self.replica_state is not None:
+            self.replica_state.start()
         evictor = asyncio.create_task(self._evict_forever(), name="policy-eviction")
         try:
             yield
@@ -167,6 +176,8 @@ class RouterService:
             await self.load_monitor.stop()
             await self.discovery.stop()
             await self.manager.stop()
+            if self.replica_state is not None:
+                await self.replica_state.close()
             if self.kv_events is not None:
                 await self.kv_events.stop()
             await self.grpc_channels.close_all()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -281,6 +282,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="When every candidate is overloaded, answer 503 with Retry-After instead of using the least loaded.",
     )
+
+    rp = p.add_argument_group("Replicas (shared state, docs/replicas.md)")
+    _option(
+        rp,
+        "--redis-url",
+        "shared_state.redis_url",
+        type=str,
+        help="redis://HOST:PORT/DB shared by router replicas: one global --rate-limit-tokens-per-second bucket, "
+        "and cache_aware's prefix tree fed by every replica's decisions. Default: nothing shared.",
+    )
+    _option(rp, "--redis-key-prefix", "shared_state.redis_key_prefix", help="Prefix of the replicas' Redis keys and channels.")
+    _option(
+        rp,
+        "--tree-sync-max-key-length",
+        "shared_state.tree_sync_max_key_length",
+        help="cache_aware with --redis-url: characters (or tokens) of each routing key published to the other replicas.",
+    )
     return p
 
 
@@ -364,6 +382,14 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         if getattr(args, dest) < 0:
             raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")
     _check_load_monitor(args)
+    max_key_length = getattr(args, "shared_state.tree_sync_max_key_length")
+    if max_key_length < 1:
+        raise UsageError(f"--tree-sync-max-key-length must be 1 or more, got {max_key_length}")
+    redis_url = getattr(args, "shared_state.redis_url")
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError(f"--redis-url {redis_url}: expected redis://HOST:PORT[/DB], rediss://... or unix://PATH")
+    if redis_url is not None and importlib.util.find_spec("redis") is None:
+        raise UsageError("--redis-url needs the redis client: pip install atom-mesh[redis]")
     config: RouterConfig = _from_flags(_DEFAULTS, args, workers=workers, backend=backend)
     _check_discovery(config)
     if config.tracing.enabled:

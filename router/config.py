@@ -159,6 +159,20 @@ class LoadMonitorConfig:
 
 
 @dataclass
+class SharedStateConfig:
+    """State shared between router replicas through Redis (off unless `redis_url` is set).
+
+    What is shared, and what stays per replica, is in docs/replicas.md."""
+
+    # redis://host:port/db; None keeps every replica's state its own.
+    redis_url: str | None = None
+    # Prefix of every Redis key and channel, so several router fleets can share one Redis.
+    redis_key_prefix: str = "atom-mesh"
+    # cache_aware: the most characters (or tokens) of a routing key published per decision.
+    tree_sync_max_key_length: int = 8192
+
+
+@dataclass
 class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 30000
@@ -202,6 +216,7 @@ class RouterConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)
+    shared_state: SharedStateConfig = field(default_factory=SharedStateConfig)
 
     def policy_for(self, role: str) -> str:
         """The policy name for a pool: prefill/decode overrides fall back to `policy`."""

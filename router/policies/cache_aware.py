@@ -17,11 +17,15 @@ engine will now cache it. The selection reports the
 chosen worker's matched prefix (before that insert) as its cached-token estimate: tokens
 for token keys, characters / `CHARS_PER_TOKEN` for text keys, the same conversion the
 prompt's own estimate uses.
+
+Router replicas (docs/replicas.md): `on_decision` hears every choice made here (the
+Redis sync publishes it) and `observe` applies a choice another replica made, so each
+replica's tree approximates all traffic, not only its own share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from router.config import PolicyConfig
 from router.placement.types import CHARS_PER_TOKEN, RequestDescriptor
@@ -31,6 +35,9 @@ from router.policies.load import least_loaded, load_of, request_load
 from router.policies.radix_tree import Key, RadixTree
 from router.workers.worker import Worker
 
+# Hears each (routing key, chosen worker) after the tree has recorded it; must not block.
+DecisionListener = Callable[[Key, Worker], None]
+
 
 class CacheAwarePolicy(Policy):
     name = "cache_aware"
@@ -38,12 +45,20 @@ class CacheAwarePolicy(Policy):
     def __init__(self, config: PolicyConfig) -> None:
         self._config = config
         self.tree = RadixTree(config.max_tree_size)
+        self.on_decision: DecisionListener | None = None
 
     def select_worker(self, workers: Sequence[Worker], request: RequestDescriptor) -> Selection:
         key = routing_key(request)
         selection = self._choose(workers, key)
         self.tree.insert(key, selection.worker.worker_id)
+        if self.on_decision is not None:
+            self.on_decision(key, selection.worker)
         return selection
+
+    def observe(self, key: Key, worker: Worker) -> None:
+        """Another router replica sent `key` to `worker`: the engine caches it there all
+        the same, so the tree records it as if chosen here (and tells no listener)."""
+        self.tree.insert(key, worker.worker_id)
 
     def _choose(self, workers: Sequence[Worker], key: Key) -> Selection:
         loads = [request_load(w) for w in workers]
