@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${ATOM_MESH_VENV:-.venv}
 PY=${PYTHON:-python3}
-EXTRAS=${ATOM_MESH_EXTRAS:-vllm,dev,mooncake,bench,k8s,yaml,otel,redis}
+EXTRAS=${ATOM_MESH_EXTRAS:-vllm,dev,mooncake,bench,k8s,yaml,otel,redis,grpc}
 
 # libibverbs1/librdmacm1/libnuma1: the Mooncake transfer engine; wrk and nginx: the
 # router-overhead benchmark (a load generator and a backend faster than any router);
