@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -117,13 +117,27 @@ class ManagedProcess:
         failure, including an interrupt or pytest-timeout firing meanwhile, the process is
         stopped: the caller never got a ready server to clean up.
         """
+        target = self.url + path
+
+        def answers_200() -> bool:
+            try:
+                with urllib.request.urlopen(target, timeout=5) as resp:
+                    return bool(resp.status == 200)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                return False
+
+        self.wait_ready(answers_200, target, timeout=timeout, interval=interval)
+
+    def wait_ready(self, probe: Callable[[], bool], target: str, *, timeout: float, interval: float = 0.5) -> None:
+        """Call `probe` every `interval` seconds until it returns True (`target` names what
+        it checks, for the error). Fails, and stops the process, as `wait_http_ready` does."""
         try:
-            self._poll_ready(self.url + path, time.monotonic() + timeout, interval)
+            self._poll_ready(probe, target, time.monotonic() + timeout, interval)
         except BaseException:
             self.stop()
             raise
 
-    def _poll_ready(self, target: str, deadline: float, interval: float) -> None:
+    def _poll_ready(self, probe: Callable[[], bool], target: str, deadline: float, interval: float) -> None:
         started = time.monotonic()
         while True:
             code = self.poll()
@@ -132,12 +146,8 @@ class ManagedProcess:
                     f"{self.name} exited with status {code} before {target} was ready.\n"
                     f"command: {' '.join(self.cmd)}\nlog {self.log_path} (tail):\n{self.log_tail()}"
                 )
-            try:
-                with urllib.request.urlopen(target, timeout=5) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
+            if probe():
+                return
             if time.monotonic() > deadline:
                 raise EngineStartError(
                     f"{self.name} not ready at {target} after {time.monotonic() - started:.0f}s (stopped it).\n"

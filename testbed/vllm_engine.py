@@ -21,6 +21,11 @@ from testbed.processes import ManagedProcess
 # Below pytest-timeout's 900 s per test, so a slow start fails with the engine's log tail.
 DEFAULT_READY_TIMEOUT = 780.0
 
+# The two servers vLLM 0.32 runs one engine behind: OpenAI HTTP, and smg-grpc-proto's
+# VllmEngine over gRPC (the smg-grpc-servicer package).
+HTTP_SERVER = "vllm.entrypoints.openai.api_server"
+GRPC_SERVER = "vllm.entrypoints.launchers.grpc_server"
+
 
 def atom_kv_transfer_config(role: str, side_channel_port: int, **extra: Any) -> dict[str, Any]:
     """`--kv-transfer-config` of our AtomKVConnector over Mooncake TCP on loopback.
@@ -47,12 +52,14 @@ def vllm_command(
     *,
     kv_transfer_config: dict | None = None,
     extra_args: Sequence[str] = (),
+    server: str = HTTP_SERVER,
 ) -> list[str]:
-    """The command line `start_vllm` runs (exposed for the demo's printout and debugging)."""
+    """The command line `start_vllm` runs (exposed for the demo's printout and debugging);
+    `server` is the server module (`testbed.vllm_grpc_engine` passes the gRPC one)."""
     cmd = [
         sys.executable,
         "-m",
-        "vllm.entrypoints.openai.api_server",
+        server,
         "--model",
         str(model_dir),
         "--host",

@@ -11,15 +11,12 @@ until the engine is up).
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from testbed.ports import free_port
-from testbed.processes import EngineStartError, ManagedProcess
-from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, engine_env
+from testbed.processes import ManagedProcess
+from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, GRPC_SERVER, engine_env, vllm_command
 
 
 def vllm_grpc_command(
@@ -29,28 +26,10 @@ def vllm_grpc_command(
     kv_transfer_config: dict | None = None,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """The command line `start_vllm_grpc` runs."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.launchers.grpc_server",
-        "--model",
-        str(model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enforce-eager",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "1024",
-        "--seed",
-        "0",
-    ]
-    if kv_transfer_config is not None:
-        cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config)]
-    return cmd + list(extra_args)
+    """The command line `start_vllm_grpc` runs: the HTTP engine's, with the gRPC server."""
+    return vllm_command(
+        model_dir, port, kv_transfer_config=kv_transfer_config, extra_args=extra_args, server=GRPC_SERVER
+    )
 
 
 def grpc_serving(target: str, timeout: float = 5.0) -> bool:
@@ -69,24 +48,7 @@ def grpc_serving(target: str, timeout: float = 5.0) -> bool:
 def wait_grpc_ready(proc: ManagedProcess, timeout: float = DEFAULT_READY_TIMEOUT, interval: float = 0.5) -> None:
     """Poll grpc health until SERVING; on failure stop the process and raise with its log tail."""
     target = f"{proc.host}:{proc.port}"
-    started = time.monotonic()
-    try:
-        while not grpc_serving(target):
-            code = proc.poll()
-            if code is not None:
-                raise EngineStartError(
-                    f"{proc.name} exited with status {code} before gRPC health was SERVING.\n"
-                    f"command: {' '.join(proc.cmd)}\nlog {proc.log_path} (tail):\n{proc.log_tail()}"
-                )
-            if time.monotonic() - started > timeout:
-                raise EngineStartError(
-                    f"{proc.name} not SERVING at {target} after {time.monotonic() - started:.0f}s (stopped it).\n"
-                    f"command: {' '.join(proc.cmd)}\nlog {proc.log_path} (tail):\n{proc.log_tail()}"
-                )
-            time.sleep(interval)
-    except BaseException:
-        proc.stop()
-        raise
+    proc.wait_ready(lambda: grpc_serving(target), f"gRPC health at {target}", timeout=timeout, interval=interval)
 
 
 def start_vllm_grpc(
