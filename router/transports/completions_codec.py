@@ -78,7 +78,7 @@ def sampling_from_body(body: dict[str, Any]) -> SamplingParams:
 class CompletionsCodec:
     """`GenerationCodec` for `/v1/completions` by token ids."""
 
-    def request(self, prepared: PreparedRequest, worker: Worker) -> GenerationRequest:
+    async def request(self, prepared: PreparedRequest, worker: Worker) -> GenerationRequest:
         if prepared.route != COMPLETIONS_ROUTE:
             raise ApiError(
                 501,

@@ -27,8 +27,9 @@ from router.workers.worker import Worker
 class GenerationCodec(Protocol):
     """OpenAI request -> `GenerationRequest`, and `GenerationChunk`s -> OpenAI answer."""
 
-    def request(self, prepared: PreparedRequest, worker: Worker) -> GenerationRequest:
-        """The engine request for `prepared`; raises `ApiError` (400) for what it cannot run."""
+    async def request(self, prepared: PreparedRequest, worker: Worker) -> GenerationRequest:
+        """The engine request for `prepared`; raises `ApiError` (400) for what it cannot run.
+        Async so that tokenizing a long prompt can run off the event loop."""
         ...
 
     def render_body(
@@ -61,7 +62,7 @@ class GrpcLeg:
     async def body(self, worker: Worker, prepared: PreparedRequest) -> bytes:
         """The whole answer as a JSON body. Raises `LegFailure` / `ApiError` (see
         `VllmGrpcClient.generate`)."""
-        request = self.codec.request(prepared, worker)
+        request = await self.codec.request(prepared, worker)
         stream = self.client(worker).generate(request)
         try:
             async for chunk in stream:
@@ -74,7 +75,7 @@ class GrpcLeg:
     async def stream(self, worker: Worker, prepared: PreparedRequest) -> AsyncGenerator[bytes, None]:
         """The answer as SSE bytes, started: the engine's first message has arrived (so its
         refusal raises here). Closing the iterator early aborts the engine's request."""
-        request = self.codec.request(prepared, worker)
+        request = await self.codec.request(prepared, worker)
         chunks = self.client(worker).generate(request)
         try:
             first = await anext(chunks)

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import orjson
 
 from router.generation.detokenize import IncrementalDetokenizer, TokenTexts
-from router.generation.inputs import prompt_input
+from router.generation.inputs import prompt_input_async
 from router.generation.openai_render import AnswerRenderer, AnswerSpec
 from router.generation.parsers import parser_for
 from router.generation.sampling import sampling_params
@@ -39,11 +39,12 @@ class OpenAICodec:
             self._token_texts = TokenTexts(self._tokenizer.backend)
         return self._token_texts
 
-    def request(self, prepared: PreparedRequest, worker: Worker) -> GenerationRequest:
+    async def request(self, prepared: PreparedRequest, worker: Worker) -> GenerationRequest:
         chat = prepared.route == CHAT_ROUTE
         sampling = sampling_params(prepared.body, chat=chat)
         # The engine checks the context length itself (its INVALID_ARGUMENT is the 400).
-        prompt = prompt_input(self._tokenizer, prepared.body, chat=chat, max_model_len=None)
+        # A long prompt is tokenized in a worker thread (router.generation.inputs).
+        prompt = await prompt_input_async(self._tokenizer, prepared.body, chat=chat, max_model_len=None)
         return GenerationRequest(
             request_id=prepared.descriptor.request_id,
             input_ids=prompt.input_ids,

@@ -20,9 +20,9 @@ def _prepared(body: dict, route: str = COMPLETIONS_ROUTE):
     return prepare_request(route, orjson.dumps(body), {}, request_id_headers=["x-request-id"], session_header="x-session")
 
 
-def test_token_prompt_and_sampling_fields() -> None:
+async def test_token_prompt_and_sampling_fields() -> None:
     body = {"prompt": [1, 2, 3], "temperature": 0, "stop": "x", "logprobs": 2, "seed": 4, "ignore_eos": True}
-    req = CompletionsCodec().request(_prepared(body), WORKER)
+    req = await CompletionsCodec().request(_prepared(body), WORKER)
     assert req.input_ids == (1, 2, 3) and not req.stream
     s = req.sampling
     assert s.temperature == 0.0 and s.stop == ("x",) and s.logprobs == 2 and s.seed == 4 and s.ignore_eos
@@ -40,13 +40,13 @@ def test_token_prompt_and_sampling_fields() -> None:
         ({"messages": [{"role": "user", "content": "hi"}]}, CHAT_ROUTE, 501, None),
     ],
 )
-def test_what_it_cannot_run_is_a_clear_error(body: dict, route: str, status: int, param: str | None) -> None:
+async def test_what_it_cannot_run_is_a_clear_error(body: dict, route: str, status: int, param: str | None) -> None:
     with pytest.raises(ApiError) as info:
-        CompletionsCodec().request(_prepared(body, route), WORKER)
+        await CompletionsCodec().request(_prepared(body, route), WORKER)
     assert info.value.status == status and info.value.param == param
 
 
-def test_body_has_token_ids_logprobs_and_usage() -> None:
+async def test_body_has_token_ids_logprobs_and_usage() -> None:
     chunk = GenerationChunk(
         token_ids=(4, 5),
         prompt_tokens=3,
@@ -57,7 +57,7 @@ def test_body_has_token_ids_logprobs_and_usage() -> None:
     )
     codec = CompletionsCodec()
     prepared = _prepared({"prompt": [1]})
-    out = orjson.loads(codec.render_body(prepared, WORKER, codec.request(prepared, WORKER), chunk))
+    out = orjson.loads(codec.render_body(prepared, WORKER, await codec.request(prepared, WORKER), chunk))
     choice = out["choices"][0]
     assert choice["token_ids"] == [4, 5] and choice["text"] == "" and choice["finish_reason"] == "length"
     assert choice["logprobs"]["token_logprobs"] == [-0.5, -1.0]
@@ -75,7 +75,7 @@ async def test_stream_events_end_with_usage_and_done() -> None:
 
     prepared = _prepared({"prompt": [1], "stream": True, "stream_options": {"include_usage": True}})
     codec = CompletionsCodec()
-    rendered = codec.render_stream(prepared, WORKER, codec.request(prepared, WORKER), chunks())
+    rendered = codec.render_stream(prepared, WORKER, await codec.request(prepared, WORKER), chunks())
     raw = b"".join([c async for c in rendered]).decode()
     events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
     assert events[-1] == "[DONE]"
