@@ -165,9 +165,10 @@ class RouterUnderTest:
 
     def start(self, fleet: Upstreams, *, startup_timeout: float = 60.0) -> ManagedProcess:
         port = free_port()
+        # `python -m` puts the working directory first on sys.path: run another checkout from its root.
         env = {"PYTHONPATH": str(self.source)} if self.source is not None else None
         name = self.label.replace(":", "-").replace("@", "-")
-        proc = ManagedProcess(self.command(port, fleet, free_port()), name=name, port=port, env=env)
+        proc = ManagedProcess(self.command(port, fleet, free_port()), name=name, port=port, env=env, cwd=self.source)
         try:
             proc.wait_http_ready("/health", timeout=startup_timeout)
         except BaseException:
