@@ -81,3 +81,23 @@ def test_running_total_and_an_oversized_event_is_skipped_not_buffered():
     huge = SseEventCounter()
     assert huge.feed(b'data: {"choices": [{"text": "' + b"x" * (MAX_EVENT_BYTES + 1)) == 0
     assert huge.feed(b'"}]}\n\n' + TOKEN) == 1  # the tail of the skipped event is not counted
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        TOKEN,
+        USAGE_ONLY,
+        DONE,
+        b'data: {"id": "c", "choices": [ {"index": 0}]}\n\n',  # spaced: the general path decides
+        b'data: {"x": {"choices": []}, "choices": [{"index": 0}]}\n\n',  # first key empty
+        b'data: {"error": {"message": "m"}}\n\n',
+        b': comment mentioning "choices":[{\n\n',
+        b'data: {"choices":[{"index":0}]}\r\n\r\n',
+        b'data: {"choices":[{"index":0}]}\rdata: x\n\n',
+    ],
+)
+def test_a_one_event_chunk_counts_as_the_event_does(event):
+    """The one-event-per-chunk shortcut agrees with the event rules in every shape."""
+    assert _counts([event]) == [int(is_output_event(event.replace(b"\r\n", b"\n").rstrip(b"\n")))]
+    assert sum(_counts([event[:-1], event[-1:]])) == _counts([event])[0]  # the general path
