@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
-from router.adapters.vllm_grpc import VllmGrpcClient
 from router.generation.types import GenerationChunk, GenerationRequest
 from router.prepare import PreparedRequest
 from router.transports.grpc_channel import GrpcChannels
+from router.transports.grpc_engines import GrpcEngineClient, engine_client
 from router.workers.worker import Worker
 
 
@@ -56,8 +56,8 @@ class GrpcLeg:
         self.channels = channels
         self.codec = codec
 
-    def client(self, worker: Worker) -> VllmGrpcClient:
-        return VllmGrpcClient(worker, self.channels.channel(worker))
+    def client(self, worker: Worker) -> GrpcEngineClient:
+        return engine_client(worker, self.channels.channel(worker))
 
     async def body(self, worker: Worker, prepared: PreparedRequest) -> bytes:
         """The whole answer as a JSON body. Raises `LegFailure` / `ApiError` (see
