@@ -13,6 +13,9 @@ What differs from vLLM's protocol, read in the servicer (`servicer.py`, `request
   generation_config.json), else SGLang's neutral value.
 - Logprobs are `return_logprob` + `top_logprobs_num`; `logprob_start_len` must be -1 or
   the scheduler computes prompt logprobs from position 0.
+- The scheduler does not check prompt ids against the vocabulary (SGLang's tokenizer
+  manager would, and it is not in this path): an id past it kills the scheduler
+  process, so the router refuses it (a 400) with the vocabulary size from `GetModelInfo`.
 - There is no seed field and no place for prompt logprobs in the router's chunk: both are
   a 400 rather than silently ignored.
 - A stream is DELTA output whose last chunk is followed by a `GenerateComplete` built from
@@ -30,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
 
 import grpc.aio
 import orjson
@@ -57,13 +61,22 @@ NEUTRAL_SAMPLING: Mapping[str, float] = {
     "min_p": 0.0,
     "repetition_penalty": 1.0,
 }
-# Where the model's defaults are kept once read (`Worker.engine_info`).
-SAMPLING_DEFAULTS_KEY = "sampling_defaults"
+# Where a worker's `ModelFacts` are kept once read (`Worker.engine_info`).
+MODEL_FACTS_KEY = "model"
 
 _FINISH_REASONS: frozenset[str] = frozenset(("stop", "length", "abort"))
 
 
 # -- GenerationRequest -> proto --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the router needs from `GetModelInfo` to send a request."""
+
+    vocab_size: int
+    # The model's sampling defaults SGLang's HTTP server applies to unset fields.
+    sampling_defaults: dict[str, float]
 
 
 def parse_sampling_defaults(text: str) -> dict[str, float]:
@@ -72,6 +85,20 @@ def parse_sampling_defaults(text: str) -> dict[str, float]:
         return {}
     values = orjson.loads(text)
     return {k: v for k, v in values.items() if k in NEUTRAL_SAMPLING and isinstance(v, int | float)}
+
+
+def model_facts(info: sglang_scheduler_pb2.GetModelInfoResponse) -> ModelFacts:
+    return ModelFacts(vocab_size=info.vocab_size, sampling_defaults=parse_sampling_defaults(info.default_sampling_params_json))
+
+
+def check_input_ids(input_ids: Sequence[int], vocab_size: int) -> None:
+    """Refuse ids outside the vocabulary: SGLang's gRPC path has no tokenizer manager to
+    check them, and its scheduler process dies on one (IndexError in the embedding)."""
+    bad = next((t for t in input_ids if not 0 <= t < vocab_size), None) if vocab_size > 0 else None
+    if bad is not None:
+        raise InvalidGenerationRequest(
+            f"token id {bad} in the prompt is outside the model's vocabulary [0, {vocab_size})", param="prompt"
+        )
 
 
 def _refuse_unsupported(s: SamplingParams) -> None:
@@ -228,17 +255,18 @@ class SglangGrpcClient:
         except grpc.aio.AioRpcError as err:
             logger.info("abort failed", extra={"worker": self.worker.url, "reason": err.code().name})
 
-    async def sampling_defaults(self) -> Mapping[str, float]:
-        """The model's sampling defaults, read with `GetModelInfo` once per worker."""
-        cached = self.worker.engine_info.get(SAMPLING_DEFAULTS_KEY)
+    async def model_facts(self) -> ModelFacts:
+        """What requests are checked and filled in with, read with `GetModelInfo` once per
+        worker (kept in `worker.engine_info`, so `GET /workers` shows it)."""
+        cached = self.worker.engine_info.get(MODEL_FACTS_KEY)
         if cached is None:
             try:
                 info = await self.model_info(timeout_secs=10)
             except grpc.aio.AioRpcError as err:
                 raise rpc_failure(self.worker, err) from None
-            cached = parse_sampling_defaults(info.default_sampling_params_json)
-            self.worker.engine_info[SAMPLING_DEFAULTS_KEY] = cached
-        return dict(cached)
+            cached = dataclasses.asdict(model_facts(info))
+            self.worker.engine_info[MODEL_FACTS_KEY] = cached
+        return ModelFacts(**cached)
 
     async def generate(self, req: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """The engine's answer as chunks; the last has `finish_reason`.
@@ -247,7 +275,9 @@ class SglangGrpcClient:
         request) from the first message on; closing the iterator before the end cancels
         the call and aborts the request on the engine.
         """
-        message = generate_request(req, await self.sampling_defaults())
+        facts = await self.model_facts()
+        check_input_ids(req.input_ids, facts.vocab_size)
+        message = generate_request(req, facts.sampling_defaults)
         call = self._stub.Generate(message)
         want_logprobs = req.sampling.logprobs is not None
         finished = False

@@ -14,9 +14,12 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2
 
 from router.adapters.sglang_grpc import (
     SERVICE,
+    ModelFacts,
+    check_input_ids,
     chunk_from_proto,
     complete_from_proto,
     generate_request,
+    model_facts,
     parse_sampling_defaults,
     sampling_to_proto,
 )
@@ -98,11 +101,20 @@ def test_kv_transfer_params_are_refused() -> None:
     assert info.value.status == 501
 
 
-def test_model_sampling_defaults_are_read_from_model_info() -> None:
-    info = sglang_scheduler_pb2.GetModelInfoResponse(default_sampling_params_json='{"temperature":0.6,"top_p":0.9}')
-    assert parse_sampling_defaults(info.default_sampling_params_json) == {"temperature": 0.6, "top_p": 0.9}
+def test_model_facts_are_read_from_model_info() -> None:
+    defaults = '{"temperature":0.6,"top_p":0.9}'
+    info = sglang_scheduler_pb2.GetModelInfoResponse(vocab_size=643, default_sampling_params_json=defaults)
+    assert model_facts(info) == ModelFacts(vocab_size=643, sampling_defaults={"temperature": 0.6, "top_p": 0.9})
     assert parse_sampling_defaults("") == {}
     assert parse_sampling_defaults('{"temperature": 0.7, "max_new_tokens": 9}') == {"temperature": 0.7}
+
+
+def test_prompt_ids_outside_the_vocabulary_are_a_400_not_a_dead_scheduler() -> None:
+    check_input_ids([0, 5, 642], 643)
+    with pytest.raises(InvalidGenerationRequest) as info:
+        check_input_ids([5, 643, 7], 643)
+    assert info.value.param == "prompt" and "643" in info.value.message
+    check_input_ids([10**6], 0)  # an engine that did not say: nothing to check against
 
 
 def _logprobs(ids: list[int]) -> sglang_scheduler_pb2.OutputLogProbs:
