@@ -13,9 +13,11 @@ What differs from vLLM's protocol, read in the servicer (`servicer.py`, `request
   generation_config.json), else SGLang's neutral value.
 - Logprobs are `return_logprob` + `top_logprobs_num`; `logprob_start_len` must be -1 or
   the scheduler computes prompt logprobs from position 0.
-- The scheduler does not check prompt ids against the vocabulary (SGLang's tokenizer
-  manager would, and it is not in this path): an id past it kills the scheduler
-  process, so the router refuses it (a 400) with the vocabulary size from `GetModelInfo`.
+- Nothing on this path checks prompt ids (SGLang's tokenizer manager is not in it): an
+  id past the model's embedding kills the scheduler process. The router refuses ids
+  past `GetModelInfo.vocab_size` (a 400); smg-grpc-servicer 0.14.1 on SGLang 0.5.23
+  reports its fallback 128256 there (the scheduler's info has no vocabulary size), so
+  for a smaller model the check is only as good as that number.
 - There is no seed field and no place for prompt logprobs in the router's chunk: both are
   a 400 rather than silently ignored.
 - A stream is DELTA output whose last chunk is followed by a `GenerateComplete` built from
@@ -92,8 +94,9 @@ def model_facts(info: sglang_scheduler_pb2.GetModelInfoResponse) -> ModelFacts:
 
 
 def check_input_ids(input_ids: Sequence[int], vocab_size: int) -> None:
-    """Refuse ids outside the vocabulary: SGLang's gRPC path has no tokenizer manager to
-    check them, and its scheduler process dies on one (IndexError in the embedding)."""
+    """Refuse ids outside the reported vocabulary: SGLang's gRPC path has no tokenizer
+    manager to check them, and its scheduler process dies on one past the embedding
+    (IndexError in `F.embedding`). 0 (not reported) checks nothing."""
     bad = next((t for t in input_ids if not 0 <= t < vocab_size), None) if vocab_size > 0 else None
     if bad is not None:
         raise InvalidGenerationRequest(

@@ -20,6 +20,7 @@ import pytest
 
 from router.transports.grpc_engines import ENGINE_INFO_KEY
 from router.workers.worker import WorkerState
+from testbed.ports import free_port
 from testbed.processes import ManagedProcess
 from testbed.sglang_grpc_engine import sglang_grpc_available, start_sglang_grpc
 from tests.grpc.record_sglang_references import MODEL, OUT, PROMPTS
@@ -46,7 +47,11 @@ def sglang_grpc(tiny_llama: Path) -> Iterator[ManagedProcess]:
     reason = sglang_grpc_available()
     if reason:
         pytest.skip(reason)
-    proc = start_sglang_grpc(tiny_llama)
+    # The servicer would turn SGLang's KV-event publisher on by itself, but 0.5.23's
+    # ServerArgs refuse the change ("kv_events_config cannot be set on ServerArgs"): ask for
+    # it. A wildcard host makes the publisher bind; the servicer subscribes on loopback.
+    events = {"publisher": "zmq", "endpoint": f"tcp://*:{free_port()}"}
+    proc = start_sglang_grpc(tiny_llama, extra_args=["--kv-events-config", json.dumps(events)])
     try:
         yield proc
     finally:
@@ -178,9 +183,13 @@ async def test_refusals_are_400s_and_the_worker_stays_up(
         # maximum allowed length (2042 tokens)": the context less its reserved tokens).
         for message in (answer["error"]["message"], ref["answer"]["message"]):
             assert "2100 tokens" in message
-        # An id past the vocabulary kills SGLang's scheduler if sent: the router refuses it.
-        status, answer = await _post(router, "/v1/completions", {"model": str(tiny_llama), "prompt": [5, 643], "max_tokens": 2})
-        assert status == 400 and "643" in answer["error"]["message"], answer
+        # An id past the embedding kills SGLang's scheduler if sent: the router refuses ids
+        # past the vocabulary size GetModelInfo reports (0.5.23's servicer reports its
+        # fallback 128256 here, not the model's 643: see docs/grpc.md).
+        (worker,) = router.workers
+        vocab = worker.engine_info["model"]["vocab_size"]
+        status, answer = await _post(router, "/v1/completions", {"model": str(tiny_llama), "prompt": [5, vocab], "max_tokens": 2})
+        assert status == 400 and f"[0, {vocab})" in answer["error"]["message"], (vocab, answer)
         status, answer = await _post(router, "/v1/completions", {"model": str(tiny_llama), "prompt": [5], "seed": 1})
         assert status == 400 and answer["error"]["param"] == "seed", answer
         status, answer = await _post(router, "/v1/completions", {"model": "no-such-model", "prompt": [5], "max_tokens": 2})
@@ -188,7 +197,6 @@ async def test_refusals_are_400s_and_the_worker_stays_up(
         # none of these is the worker's fault
         status, answer = await _post(router, "/v1/completions", {"model": str(tiny_llama), "prompt": [5, 6], "max_tokens": 2})
         assert status == 200, answer
-        (worker,) = router.workers
         assert worker.state is WorkerState.READY
     assert sglang_grpc.poll() is None, sglang_grpc.log_tail()
 
