@@ -247,3 +247,16 @@ async def test_an_unreachable_server_is_probed_again_later(channels: GrpcChannel
     worker = Worker(f"grpc://127.0.0.1:{port}")
     reason = await GrpcWorkerProbe(channels).health(worker, 2)
     assert "UNAVAILABLE" in reason and ENGINE_INFO_KEY not in worker.engine_info
+
+
+async def test_a_pair_of_sglang_grpc_workers_is_refused_before_any_leg(channels: GrpcChannels) -> None:
+    from router.placement.types import Pair
+    from router.transports.completions_codec import CompletionsCodec
+    from router.transports.grpc_leg import GrpcLeg
+
+    prefill, decode = Worker("grpc://127.0.0.1:1"), Worker("grpc://127.0.0.1:2")
+    for worker in (prefill, decode):
+        worker.engine_info[ENGINE_INFO_KEY] = "sglang"
+    with pytest.raises(ApiError) as info:
+        await GrpcLeg(channels, CompletionsCodec()).answering_request(Pair(prefill, decode), prepared=None)  # type: ignore[arg-type]
+    assert info.value.status == 501 and "http://" in info.value.message
