@@ -21,9 +21,9 @@ from collections import Counter
 import grpc.aio
 from smg_grpc_proto.generated import common_pb2
 
-from router.adapters.vllm_grpc import VllmGrpcClient
 from router.kv_event_wire import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from router.policies.kv_block_index import KVBlockIndex
+from router.transports.grpc_engines import engine_client
 from router.workers.worker import Worker
 
 logger = logging.getLogger("atom_mesh.kv_events")
@@ -69,7 +69,7 @@ async def listen_grpc(index: KVBlockIndex, worker: Worker, channel: grpc.aio.Cha
     """Apply `worker`'s KV events to `index` until cancelled, resubscribing when the stream breaks."""
     from router.kv_events import apply_events
 
-    client = VllmGrpcClient(worker, channel)
+    client = engine_client(worker, channel)
     last_seq: int | None = None
     delay = _RETRY_FIRST_SECS
     while True:

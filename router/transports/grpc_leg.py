@@ -22,12 +22,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
 from router.adapters.base import LegFailure
-from router.adapters.vllm_grpc import VllmGrpcClient, decode_request, prefill_params, prefill_request
+from router.adapters.vllm_grpc import decode_request, prefill_params, prefill_request
 from router.errors import ApiError
 from router.generation.types import GenerationChunk, GenerationRequest
 from router.placement.types import PlacementPlan, Single
 from router.prepare import PreparedRequest
 from router.transports.grpc_channel import GrpcChannels
+from router.transports.grpc_engines import GrpcEngineClient, engine_client, engine_of
 from router.workers.worker import Worker
 
 
@@ -64,8 +65,8 @@ class GrpcLeg:
         self.channels = channels
         self.codec = codec
 
-    def client(self, worker: Worker) -> VllmGrpcClient:
-        return VllmGrpcClient(worker, self.channels.channel(worker))
+    def client(self, worker: Worker) -> GrpcEngineClient:
+        return engine_client(worker, self.channels.channel(worker))
 
     async def body(self, plan: PlacementPlan, prepared: PreparedRequest) -> bytes:
         """The whole answer as a JSON body. Raises `LegFailure` / `ApiError` (see
@@ -99,6 +100,10 @@ class GrpcLeg:
         so both legs carry the same token ids (the KV decode receives is for its prompt)."""
         if isinstance(plan, Single):
             return plan.worker, await self.codec.request(prepared, plan.worker)
+        if {engine_of(plan.prefill).name, engine_of(plan.decode).name} != {"vllm"}:
+            raise ApiError(
+                501, "P/D over gRPC runs vLLM's protocol only; use http:// workers for SGLang P/D", code="not_implemented"
+            )
         request = await self.codec.request(prepared, plan.decode)
         params = await self.prefill(plan.prefill, prefill_request(request))
         return plan.decode, decode_request(request, params)

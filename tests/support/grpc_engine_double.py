@@ -126,6 +126,9 @@ async def engine_doubles(*names: str) -> AsyncIterator[list[tuple[str, VllmEngin
             vllm_engine_pb2_grpc.add_VllmEngineServicer_to_server(double, server)
             health_servicer = health.aio.HealthServicer()
             await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+            # The real servicer also answers for its service's name: the router learns the engine from it.
+            service = vllm_engine_pb2.DESCRIPTOR.services_by_name["VllmEngine"].full_name
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             port = free_port()
             server.add_insecure_port(f"127.0.0.1:{port}")
