@@ -10,6 +10,8 @@
 # - the project is installed editable with the mooncake extra only (no vllm extra), which
 #   also registers the `sglang.srt.plugins` entry point (atom_mesh -> sglang_atom:register).
 # - sglang-router is SGLang's own gateway, used by the drop-in compatibility test.
+# - smg-grpc-servicer (with its grpcio deps, not its [sglang] extra) is SGLang's gRPC
+#   scheduler service (`launch_server --smg-grpc-mode`), for the router's grpc:// tests.
 # Re-runs are fast: a stamp keyed on this script and pyproject.toml skips the pip steps.
 # Set ATOM_MESH_SKIP_SGLANG=1 to skip it entirely (machines that never run SGLang tests).
 set -euo pipefail
@@ -40,7 +42,7 @@ pip_install \
   compressed-tensors gguf einops openai partial_json_parser jsonschema xgrammar soundfile \
   python-multipart msgspec pyzmq fastapi uvicorn uvloop orjson aiohttp requests psutil \
   setproctitle pybase64 interegular llguidance numpy \
-  mooncake-transfer-engine-non-cuda sglang-router \
+  mooncake-transfer-engine-non-cuda sglang-router "smg-grpc-servicer>=0.14.1" \
   pytest pytest-asyncio pytest-timeout tokenizers
 pip_install -e ".[mooncake]"
 # Anything above that pulled a CUDA torch or torchvision would break the CPU stack.
