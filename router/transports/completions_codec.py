@@ -17,12 +17,11 @@ from typing import Any
 import orjson
 
 from router.errors import ApiError
+from router.generation.sampling import COMPLETIONS_DEFAULT_MAX_TOKENS
 from router.generation.types import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
 from router.prepare import COMPLETIONS_ROUTE, PreparedRequest
 from router.workers.worker import Worker
 
-# vLLM's default max_tokens for completions.
-DEFAULT_MAX_TOKENS = 16
 _FLOATS = ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
 _INTS = ("top_k", "min_tokens", "seed")
 _BOOLS = ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens")
@@ -71,7 +70,7 @@ def sampling_from_body(body: dict[str, Any]) -> SamplingParams:
             raise ApiError(400, "logprobs must be a non-negative integer (top alternatives per token)", param="logprobs")
         values["logprobs"] = logprobs
     max_tokens = body.get("max_tokens")
-    values["max_tokens"] = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    values["max_tokens"] = COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
     return SamplingParams(**values)
 
 
