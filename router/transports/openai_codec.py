@@ -91,9 +91,7 @@ class OpenAICodec:
             prompt_ids=request.input_ids,
         )
 
-    def render_body(
-        self, prepared: PreparedRequest, worker: Worker, request: GenerationRequest, chunk: GenerationChunk
-    ) -> bytes:
+    def render_body(self, prepared: PreparedRequest, worker: Worker, request: GenerationRequest, chunk: GenerationChunk) -> bytes:
         tokenizer = prepared.tokenizer
         if tokenizer is None:
             return self._token_ids_only.render_body(prepared, worker, request, chunk)
