@@ -59,3 +59,21 @@ def test_paths_that_leave_the_directory_are_refused(name: str, tmp_path: Path) -
 def test_not_a_zip_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TokenizerBundleError, match="not a ZIP"):
         unpack_bundle(b"not a zip", "", tmp_path)
+
+
+def test_model_path_is_smgs_flag_and_tokenizer_path_wins(tiny_llama: Path, tmp_path: Path) -> None:
+    from router.app import RouterService
+    from router.cli import build_parser, config_from_args
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tokenizer.json").write_bytes((tiny_llama / "tokenizer.json").read_bytes())
+    for flags, chats in (
+        (["--model-path", str(tiny_llama)], True),
+        (["--model-path", str(tiny_llama), "--tokenizer-path", str(other)], False),
+    ):
+        config = config_from_args(build_parser().parse_args(["--worker-urls", "grpc://127.0.0.1:1", *flags]))
+        tokenizer = RouterService(config).tokenizers.for_model("any")
+        assert tokenizer is not None
+        # the tiny model's directory has a chat template; `other` (tokenizer.json only) has none
+        assert (tokenizer.render_chat({"messages": [{"role": "user", "content": "hi"}]}) is not None) is chats
