@@ -385,6 +385,7 @@ async def test_a_streamed_chat_has_every_tokens_logprob_as_over_http(
 
 @pytest.fixture(scope="module")
 def smg(grpc_engine: ManagedProcess, model_dir: Path) -> Iterator[ManagedProcess]:
+    """smg 1.13 in gRPC mode on the module's engine, with the same model directory."""
     pytest.importorskip("smg", reason="smg is not installed (pip install smg)")
     port = free_port()
     cmd = [
@@ -394,16 +395,16 @@ def smg(grpc_engine: ManagedProcess, model_dir: Path) -> Iterator[ManagedProcess
         "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()), "--log-level", "warn",
     ]  # fmt: skip
     proc = ManagedProcess(cmd, name="smg-grpc", port=port)
+    probe = {"model": str(model_dir), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
-    def lists_the_model() -> bool:
+    def serves_a_chat() -> bool:  # registered its worker and loaded the tokenizer
         try:
-            resp = httpx.get(f"{proc.url}/v1/models", timeout=2)
+            return httpx.post(f"{proc.url}/v1/chat/completions", json=probe, timeout=10).status_code == 200
         except httpx.HTTPError:
             return False
-        return resp.status_code == 200 and any(m.get("id") == str(model_dir) for m in resp.json().get("data", ()))
 
     try:
-        proc.wait_ready(lists_the_model, "smg's /v1/models", timeout=120)
+        proc.wait_ready(serves_a_chat, "a chat through smg", timeout=180)
         yield proc
     finally:
         proc.stop()
@@ -416,8 +417,8 @@ async def test_smg_in_grpc_mode_gives_the_same_text_as_ours(
     """The acceptance check of router-side processing: the same request through smg and
     through our router, both over gRPC to one engine, gives the same text."""
     route, body = recorded[name]["route"], {"model": model, **recorded[name]["body"]}
-    async with httpx.AsyncClient(timeout=120) as client:
-        theirs = await client.post(smg.url + route, json=body)
+    async with httpx.AsyncClient(timeout=120) as client:  # vLLM's extension field left out for smg
+        theirs = await client.post(smg.url + route, json={k: v for k, v in body.items() if k != "return_token_ids"})
     assert theirs.status_code == 200, theirs.text
     async with running_router(_fetching(grpc_engine, tmp_path)) as router:
         status, ours = await _json(router, body, route)
@@ -440,12 +441,13 @@ async def test_smg_and_ours_on_token_id_prompts_and_logprobs(
         smg_ids = await client.post(smg.url + "/v1/completions", json=token_ids)
         smg_text = await client.post(smg.url + "/v1/completions", json=text)
     print("smg token-id completion:", smg_ids.status_code, smg_ids.text[:500])
-    print("smg text completion logprobs:", smg_text.status_code, json.dumps(smg_text.json()["choices"][0].get("logprobs"))[:500])
+    print("smg text completion:", smg_text.status_code, smg_text.text[:800])
     stream_case = recorded["chat_stream_logprobs"]
     async with httpx.AsyncClient(timeout=120) as client:
         async with client.stream("POST", smg.url + stream_case["route"], json={"model": model, **stream_case["body"]}) as r:
             lines = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
     smg_events = [json.loads(line) for line in lines if line != "[DONE]"]
+    print("smg streamed chat events:", json.dumps(smg_events)[:3000])
     print(
         "smg streamed chat:",
         len(smg_events),
