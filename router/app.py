@@ -51,7 +51,7 @@ from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
 from router.render import error_response
 from router.shared_state.replica_state import ReplicaState
 from router.tokenizer import ModelTokenizers, load_tokenizer
-from router.tracing import create_tracer
+from router.tracing import Tracer, create_tracer
 from router.transports.grpc_channel import GrpcChannels, grpc_available
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager
@@ -79,7 +79,7 @@ def grpc_probe(channels: GrpcChannels) -> GrpcWorkerProbe | None:
     return GrpcWorkerProbe(channels)
 
 
-def grpc_leg(channels: GrpcChannels, tokenizers: ModelTokenizers) -> GrpcLeg | None:
+def grpc_leg(channels: GrpcChannels, tokenizers: ModelTokenizers, tracer: Tracer) -> GrpcLeg | None:
     """The dispatch leg of grpc:// workers, with the codec that renders their answers
     (with the model's tokenizer: chats and text, router.generation; without: token ids)."""
     if not grpc_available():
@@ -87,7 +87,7 @@ def grpc_leg(channels: GrpcChannels, tokenizers: ModelTokenizers) -> GrpcLeg | N
     from router.transports.grpc_leg import GrpcLeg
     from router.transports.openai_codec import OpenAICodec
 
-    return GrpcLeg(channels, OpenAICodec(tokenizers))
+    return GrpcLeg(channels, OpenAICodec(tokenizers), tracer)
 
 
 class RouterService:
@@ -170,7 +170,7 @@ class RouterService:
             clock=self.manager.clock,
             rng=self._rng,
             tracer=self.tracer,
-            grpc=grpc_leg(self.grpc_channels, self.tokenizers),
+            grpc=grpc_leg(self.grpc_channels, self.tokenizers, self.tracer),
         )
         await self.manager.start()
         await self.discovery.start()

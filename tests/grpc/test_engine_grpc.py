@@ -468,3 +468,44 @@ async def test_smg_and_ours_on_token_id_prompts_and_logprobs(
         status, ours = await _json(router, text)
         assert status == 200, ours
         _assert_same_answer("text", ours["choices"][0], ref_choice(recorded, "text"))
+
+
+async def test_the_grpc_leg_is_a_client_span_of_the_request(grpc_engine: ManagedProcess, model: str, tmp_path: Path) -> None:
+    """Each Generate call is a `worker` leg span under the request's span, with the status
+    the client got (an engine's refusal is an error span)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running_router(_fetching(grpc_engine, tmp_path), tracer_provider=provider) as router:
+        for body in ({"model": model, **CHAT}, {"model": model, **CHAT, "stream": True}):
+            async with await router.post("/v1/chat/completions", body) as resp:
+                assert resp.status == 200
+                await resp.read()
+        status, _ = await _json(router, {"model": model, "prompt": TOO_LONG, "max_tokens": 4})
+        assert status == 400
+
+        def spans_of(name: str) -> list[Any]:
+            return [s for s in exporter.get_finished_spans() if s.name == name]
+
+        # a request span ends just after its last byte went out: wait for all three
+        assert await _wait_for(lambda: _true(len(spans_of("POST /v1/completions")) == 1), 10)
+        assert await _wait_for(lambda: _true(len(spans_of("POST /v1/chat/completions")) == 2), 10)
+    legs = spans_of("worker")
+    assert len(legs) == 3
+    requests = {s.context.span_id: s for s in spans_of("POST /v1/chat/completions") + spans_of("POST /v1/completions")}
+    for leg in legs:
+        assert leg.kind is SpanKind.CLIENT and leg.attributes["url.full"] == _grpc_url(grpc_engine)
+        assert leg.parent is not None and leg.parent.span_id in requests
+    statuses = sorted(leg.attributes["http.response.status_code"] for leg in legs)
+    assert statuses == [200, 200, 400]
+    (refused,) = [leg for leg in legs if leg.attributes["http.response.status_code"] == 400]
+    assert refused.status.status_code is StatusCode.ERROR
+
+
+async def _true(value: bool) -> bool:
+    return value
