@@ -251,6 +251,7 @@ async def prepare_request_async(
         "session_header": session_header,
         "tokenizer": tokenizer,
     }
-    if tokenizer is None or len(raw) < OFF_LOOP_CHARS:
+    tokenizes = tokenizer is not None and not (isinstance(tokenizer, ModelTokenizers) and tokenizer.empty)
+    if not tokenizes or len(raw) < OFF_LOOP_CHARS:
         return prepare_request(route, raw, headers, **kwargs)
     return await asyncio.to_thread(prepare_request, route, raw, headers, **kwargs)

@@ -132,6 +132,11 @@ class ModelTokenizers:
             return next(iter(self._by_model.values())) if len(self._by_model) == 1 else None
         return self._by_model.get(model)
 
+    @property
+    def empty(self) -> bool:
+        """No tokenizer at all (yet): the router tokenizes nothing."""
+        return self.configured is None and not self._by_model
+
     def has(self, model: str) -> bool:
         return self.configured is not None or model in self._by_model
 

@@ -4,6 +4,7 @@ tokenizer per request (configured or fetched), sampling defaults, and the refusa
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from router.errors import ApiError, ChatTemplateRejected
 from router.generation.defaults import SamplingDefaults
-from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE, PreparedRequest, prepare_request
+from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE, PreparedRequest, prepare_request, prepare_request_async
 from router.tokenizer import HFTokenizer, ModelTokenizers, Tokenizer
 from router.transports.openai_codec import OpenAICodec
 from router.workers.worker import Worker
@@ -106,8 +107,9 @@ async def test_a_model_without_tokenizer_gets_the_token_id_path(tokenizer: HFTok
 
 async def test_fetched_tokenizers_serve_their_model_and_requests_naming_none(tokenizer: HFTokenizer) -> None:
     tokenizers = ModelTokenizers()
-    assert tokenizers.for_model("m") is None and not tokenizers.has("m")
+    assert tokenizers.for_model("m") is None and not tokenizers.has("m") and tokenizers.empty
     tokenizers.add("m", tokenizer)
+    assert not tokenizers.empty
     assert tokenizers.has("m") and tokenizers.for_model("m") is tokenizer
     assert tokenizers.for_model(None) is tokenizer  # one model: a request naming none gets it
     unnamed = _prepared({k: v for k, v in CHAT.items() if k != "model"}, tokenizers)
@@ -133,3 +135,26 @@ async def test_unset_sampling_fields_get_the_models_defaults(tiny_llama: Path, t
     assert (s.temperature, s.top_k, s.max_tokens, s.top_p) == (0.6, 20, 9, None)
     request = await OpenAICodec(tokenizers).request(_prepared({**chat, "temperature": 0}, tokenizers), WORKER)
     assert request.sampling.temperature == 0.0
+
+
+class ThreadNoting(CountingTokenizer):
+    """Notes the thread each encode ran on."""
+
+    def __init__(self, inner: HFTokenizer) -> None:
+        super().__init__(inner)
+        self.threads: list[int] = []
+
+    def encode_text(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        self.threads.append(threading.get_ident())
+        return super().encode_text(text, add_special_tokens=add_special_tokens)
+
+
+@pytest.mark.parametrize(("words", "off_loop"), [(10, False), (2000, True)])
+async def test_a_long_body_is_prepared_off_the_event_loop(words: int, off_loop: bool, tokenizer: HFTokenizer) -> None:
+    noting = ThreadNoting(tokenizer)
+    body = {"model": "m", "messages": [{"role": "user", "content": "weather " * words}]}
+    prepared = await prepare_request_async(
+        CHAT_ROUTE, orjson.dumps(body), {}, request_id_headers=[], session_header="x", tokenizer=ModelTokenizers(noting)
+    )
+    assert prepared.prompt is not None and len(noting.threads) == 1
+    assert (noting.threads[0] != threading.get_ident()) is off_loop
