@@ -1,7 +1,8 @@
 """The gRPC leg's codec for a router without a tokenizer: `/v1/completions` by token ids.
 
-With `--tokenizer-path` the router serves gRPC workers with `OpenAICodec`
-(`router.generation`: chats, text prompts, detokenized answers). Without a tokenizer it
+With the model's tokenizer (`--tokenizer-path`, `--model-path`, or fetched from the
+worker) `OpenAICodec` serves gRPC workers (`router.generation`: chats, text prompts,
+detokenized answers) and hands requests for models it has none for to this codec, which
 can still run completions whose prompt is token ids, answering as vLLM does with
 `return_token_ids` and `return_tokens_as_token_ids`: `token_ids` per choice, `text` empty,
 logprob tokens as "token_id:N". One prompt, n=1; anything else is a 400 that says what
@@ -28,7 +29,9 @@ _BOOLS = ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens", "sp
 
 
 def _unsupported(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, f"{message} (gRPC workers, until the router's generation layer lands)", param=param)
+    return ApiError(
+        400, f"{message} (gRPC workers, when the router has no tokenizer for the model: start it with --model-path)", param=param
+    )
 
 
 def sampling_from_body(body: dict[str, Any]) -> SamplingParams:
