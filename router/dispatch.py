@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from router.adapters.base import Adapter, LegFailure, Upstream
+from router.adapters.vllm import VllmAdapter
 from router.config import RouterConfig
 from router.errors import ApiError, PlacementError
 from router.load_guard import LoadGuard
@@ -67,8 +68,19 @@ def plan_workers(plan: PlacementPlan) -> tuple[Worker, ...]:
 
 
 def plan_transport(plan: PlacementPlan) -> Transport:
-    """gRPC when the plan's first worker is a grpc:// worker (mixed pairs are refused)."""
-    return plan.worker.transport if isinstance(plan, Single) else plan.prefill.transport
+    """The transport of the plan's workers. A pair across transports is refused (501): a
+    gRPC leg carries the router's token ids while an HTTP engine tokenizes the body
+    itself, and decode's KV must be for exactly the prompt decode runs."""
+    if isinstance(plan, Single):
+        return plan.worker.transport
+    if plan.prefill.transport is not plan.decode.transport:
+        raise ApiError(
+            501,
+            f"prefill worker {plan.prefill.url} and decode worker {plan.decode.url} use different transports; "
+            "a prefill/decode pair must be both http:// or both grpc:// (register the P/D workers of a model one way)",
+            code="not_implemented",
+        )
+    return plan.prefill.transport
 
 
 def worker_headers(plan: PlacementPlan) -> list[tuple[str, str]]:
@@ -271,10 +283,7 @@ class Dispatcher:
         try:
             upstream = await self.adapter.send(plan, request, headers)
         except LegFailure as exc:
-            if exc.status is None or exc.status in self._retryable:
-                raise _Retryable(exc.worker, _leg_error(exc), "connect" if exc.status is None else str(exc.status)) from None
-            exc.worker.breaker.record_success()  # a 4xx is the request's fault, not the worker's
-            raise _leg_error(exc) from None
+            raise self._leg_failed(exc) from None
         resp = upstream.response
         status = resp.status
         names = worker_headers(plan)
@@ -312,18 +321,23 @@ class Dispatcher:
         return Reply(status, content_type, names, body=body)
 
     async def _grpc_attempt(self, plan: PlacementPlan, request: PreparedRequest, guard: LoadGuard, deadline: float) -> Reply:
-        """One attempt on a gRPC worker: the same retry and breaker rules as an HTTP leg
-        (a worker that is down is retried elsewhere, a refused request is the client's 4xx)."""
-        if self.grpc is None or not isinstance(plan, Single):
+        """One attempt on gRPC workers: the same retry and breaker rules as HTTP legs (a
+        worker that is down, prefill or decode, is retried elsewhere; a refused request is
+        the client's 4xx). A `Pair` runs vLLM's serial P/D (`GrpcLeg.answering_request`)."""
+        if self.grpc is None:
+            raise ApiError(501, "this router has no gRPC transport; install atom-mesh[grpc]", code="not_implemented")
+        if isinstance(plan, Pair) and self.adapter.name != VllmAdapter.name:
             raise ApiError(
-                501, "prefill/decode pairs of grpc:// workers are not supported yet; use http:// workers for P/D",
+                501,
+                "P/D over grpc:// workers speaks vLLM's serial protocol (kv_transfer_params on both legs): "
+                f"start the router with --backend vllm, not --backend {self.adapter.name}",
                 code="not_implemented",
             )
-        worker = plan.worker
+        answering = plan.worker if isinstance(plan, Single) else plan.decode
         names = worker_headers(plan)
         try:
             if request.descriptor.stream:
-                rendered = await self.grpc.stream(worker, request)
+                rendered = await self.grpc.stream(plan, request)
                 self._succeeded(plan)
                 return Reply(
                     200,
@@ -334,17 +348,26 @@ class Dispatcher:
                     deadline=deadline,
                     on_stream_failure=lambda w: self._failed(w, request.descriptor),
                 )
-            body = await self.grpc.body(worker, request)
+            body = await self.grpc.body(plan, request)
         except LegFailure as exc:
-            raise _Retryable(exc.worker, _leg_error(exc), "connect") from None
-        except ApiError as err:
+            raise self._leg_failed(exc) from None
+        except ApiError as err:  # the answering engine refused the request
             if err.status in self._retryable:
-                raise _Retryable(worker, err, str(err.status)) from None
-            worker.breaker.record_success()  # the request's fault, not the worker's
+                raise _Retryable(answering, err, str(err.status)) from None
+            answering.breaker.record_success()  # the request's fault, not the worker's
             raise
         self._succeeded(plan)
         guard.release()
         return Reply(200, JSON_CONTENT_TYPE, names, body=body)
+
+    def _leg_failed(self, exc: LegFailure) -> Exception:
+        """What a failed leg (HTTP or gRPC, prefill or decode) raises: retryable for a
+        worker that is down or a retryable status, else the client's error (a 4xx is the
+        request's fault, not the worker's: its breaker counts a success)."""
+        if exc.status is None or exc.status in self._retryable:
+            return _Retryable(exc.worker, _leg_error(exc), "connect" if exc.status is None else str(exc.status))
+        exc.worker.breaker.record_success()
+        return _leg_error(exc)
 
     def _record_placement(self, plan: PlacementPlan) -> None:
         metrics = self.metrics

@@ -7,16 +7,28 @@ engine here is configured exactly like `testbed.vllm_engine`'s (eager, float32, 
 KV cache, unpinned with one OMP thread): token ids from both servers on one model agree.
 Readiness is grpc.health.v1 `Check` answering SERVING (the servicer reports NOT_SERVING
 until the engine is up).
+
+`start_vllm_grpc_pd_fleet` starts engines that can be both ends of a P/D pair and also
+serve requests co-located: AtomKVConnector as `kv_both` over Mooncake TCP on loopback
+(a request without `kv_transfer_params` never touches the connector), and KV events for
+`kv_aware`, so one set of engines serves P/D, co-located and KV-aware tests.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from testbed.ports import free_port
 from testbed.processes import ManagedProcess
-from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, GRPC_SERVER, engine_env, vllm_command
+from testbed.vllm_engine import (
+    DEFAULT_READY_TIMEOUT,
+    GRPC_SERVER,
+    atom_kv_transfer_config,
+    engine_env,
+    vllm_command,
+)
 
 
 def vllm_grpc_command(
@@ -77,3 +89,38 @@ def start_vllm_grpc(
     if wait:
         wait_grpc_ready(proc, timeout=timeout)
     return proc
+
+
+def kv_events_args(port: int) -> list[str]:
+    """`--kv-events-config` publishing on `port`. The host must be a wildcard: with a plain
+    host vLLM connects its publisher instead of binding it, and the servicer's relay (which
+    subscribes on loopback) never gets an event."""
+    config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{port}"}
+    return ["--kv-events-config", json.dumps(config)]
+
+
+def start_vllm_grpc_pd_fleet(
+    model_dir: str | Path, count: int = 2, *, timeout: float = DEFAULT_READY_TIMEOUT, name: str = "vllm-grpc-kv-both"
+) -> list[ManagedProcess]:
+    """`count` gRPC engines started at once (their start-ups overlap), each with
+    AtomKVConnector as `kv_both` on its own side-channel port and KV events on its own
+    port; returns when all are SERVING. If one fails to start, all are stopped."""
+    procs: list[ManagedProcess] = []
+    try:
+        for i in range(count):
+            procs.append(
+                start_vllm_grpc(
+                    model_dir,
+                    kv_transfer_config=atom_kv_transfer_config("kv_both", free_port()),
+                    extra_args=kv_events_args(free_port()),
+                    wait=False,
+                    name=f"{name}-{i}",
+                )
+            )
+        for proc in procs:
+            wait_grpc_ready(proc, timeout=timeout)
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs

@@ -7,6 +7,12 @@ detokenizes only when there are some), a stream is DELTA output (each chunk the 
 tokens) ending in a `GenerateComplete` that repeats the last delta, a non-streamed answer
 is one `GenerateComplete` with every token.
 
+P/D is vLLM's serial protocol (the one `router.adapters.vllm` speaks over HTTP, and our
+AtomKVConnector, NixlConnector and ExampleConnector serve): the prefill leg is the decode
+leg's request with one output token, not streamed, and `kv_transfer_params_json`
+`{"do_remote_decode": true}`; the prefill's `GenerateComplete` answers with the params the
+decode leg then carries unchanged (`prefill_request`, `decode_request`).
+
 Conversions are pure functions (unit-tested without a server); `VllmGrpcClient` is the
 I/O. Cancellation is explicit: leaving a `generate` stream early (client hang-up,
 request timeout, a sibling leg failing) cancels the call and sends `Abort`, so the
@@ -123,6 +129,39 @@ def complete_from_proto(msg: vllm_engine_pb2.GenerateComplete, *, streamed: bool
         matched_stop=matched,
         kv_transfer_params=kv_params,
     )
+
+
+# -- vLLM's serial P/D ----------------------------------------------------------------------
+
+# What the prefill leg asks of the engine's connector: keep the KV for a remote decode.
+PREFILL_KV_PARAMS: dict[str, Any] = {"do_remote_decode": True}
+
+
+def prefill_request(decode: GenerationRequest) -> GenerationRequest:
+    """The prefill leg for `decode` (the request whose answer the client gets): the same
+    prompt and sampling with one output token, not streamed, no logprobs (nobody reads the
+    token), and `PREFILL_KV_PARAMS`. `min_tokens` goes: an engine refuses it above
+    `max_tokens` 1 (the HTTP adapter drops it for the same reason)."""
+    sampling = dataclasses.replace(decode.sampling, max_tokens=1, min_tokens=None, logprobs=None, prompt_logprobs=None)
+    return dataclasses.replace(decode, sampling=sampling, stream=False, kv_transfer_params=dict(PREFILL_KV_PARAMS))
+
+
+def decode_request(decode: GenerationRequest, params: dict[str, Any] | None) -> GenerationRequest:
+    """The decode leg: the client's request unchanged (its `max_tokens` is never lowered)
+    plus exactly the prefill's `kv_transfer_params`. Without params (a connector that moves
+    KV out of band) decode gets the request as is and finds the KV itself, or prefills."""
+    return dataclasses.replace(decode, kv_transfer_params=params)
+
+
+def prefill_params(worker: Worker, answer: GenerationChunk) -> dict[str, Any] | None:
+    """The `kv_transfer_params` of a finished prefill answer. A prefill the engine aborted or
+    failed holds no KV for decode: that is the prefill worker's failure (`LegFailure`, so
+    the dispatcher retries on another pair), never a decode leg sent off without its KV."""
+    if answer.finish_reason in ("abort", "error"):
+        raise LegFailure(worker, f"prefill worker {worker.url} ended the prefill leg with finish_reason {answer.finish_reason!r}")
+    if answer.kv_transfer_params is None:
+        logger.debug("prefill returned no kv_transfer_params", extra={"prefill": worker.url})
+    return answer.kv_transfer_params
 
 
 # -- gRPC status -> the router's errors ------------------------------------------------------
