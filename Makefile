@@ -21,8 +21,10 @@ lint: setup
 	.venv/bin/ruff check $(SHIPPED) benchmarks testbed scripts tests
 	.venv/bin/mypy $(SHIPPED)
 
+# --durations=30: every CI log ends with the 30 slowest tests, setups and teardowns (engine
+# start-ups show as setups), so the log says where the suite's time went.
 test: setup setup-sglang lint
-	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rs --durations=30 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not engine and not slow" $(PYTEST_ARGS)

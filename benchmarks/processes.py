@@ -93,14 +93,21 @@ class RouterUnderTest:
     extra_args: tuple[str, ...] = ()
     # Give our router the simulator's tokenizer: exact prompt token counts (the P/D decider's input).
     tokenize: bool = False
+    # Our router from another checkout (its root goes first on PYTHONPATH), to compare two
+    # builds in one run: `atom@/path/to/checkout:POLICY`. None: the router this Python imports.
+    source: Path | None = None
 
     @property
     def label(self) -> str:
+        if self.source is not None:
+            return f"{self.kind}@{self.source.name}:{self.policy}"
         return f"{self.kind}:{self.policy}"
 
     def unavailable_reason(self, pd_protocol: str | None = None) -> str | None:
         """Why this router cannot run here, or cannot speak `pd_protocol` (None when it can)."""
         if self.kind == "atom":
+            if self.source is not None:
+                return None if (self.source / "router" / "__main__.py").exists() else f"{self.source} has no router package"
             return None if importlib.util.find_spec("router") else "the atom-mesh router package is not importable"
         if self.kind in _SGLANG_GATEWAY_MODULES:
             if importlib.util.find_spec(_SGLANG_GATEWAY_MODULES[self.kind].partition(".")[0]) is None:
@@ -158,7 +165,10 @@ class RouterUnderTest:
 
     def start(self, fleet: Upstreams, *, startup_timeout: float = 60.0) -> ManagedProcess:
         port = free_port()
-        proc = ManagedProcess(self.command(port, fleet, free_port()), name=self.label.replace(":", "-"), port=port)
+        # `python -m` puts the working directory first on sys.path: run another checkout from its root.
+        env = {"PYTHONPATH": str(self.source)} if self.source is not None else None
+        name = self.label.replace(":", "-").replace("@", "-")
+        proc = ManagedProcess(self.command(port, fleet, free_port()), name=name, port=port, env=env, cwd=self.source)
         try:
             proc.wait_http_ready("/health", timeout=startup_timeout)
         except BaseException:
@@ -192,8 +202,12 @@ def _vllm_router_binary() -> str | None:
 
 
 def parse_router(text: str) -> RouterUnderTest:
-    """`kind:policy`, e.g. `atom:cache_aware` or `sglang-router:round_robin`."""
-    kind, sep, policy = text.partition(":")
-    if not sep or not policy:
+    """`kind:policy`, e.g. `atom:cache_aware` or `sglang-router:round_robin`; our router from
+    another checkout as `atom@/path/to/checkout:policy`."""
+    kind, sep, policy = text.rpartition(":")
+    if not sep or not policy or not kind:
         raise ValueError(f"router {text!r}: expected KIND:POLICY, e.g. atom:cache_aware")
-    return RouterUnderTest(kind, policy)
+    kind, at, source = kind.partition("@")
+    if at and kind != "atom":
+        raise ValueError(f"router {text!r}: only our router (atom@PATH:POLICY) runs from another checkout")
+    return RouterUnderTest(kind, policy, source=Path(source).resolve() if at else None)

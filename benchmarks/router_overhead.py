@@ -337,7 +337,7 @@ def measure(
 
 
 def _is_peer(row: dict[str, Any]) -> bool:
-    return not row["target"].startswith(("direct", "atom:")) and "rps" in row
+    return not row["target"].startswith(("direct", "atom:", "atom@")) and "rps" in row
 
 
 def with_peer_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -390,7 +390,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--routers",
         nargs="*",
         default=list(DEFAULT_ROUTERS),
-        help="KIND:POLICY entries (kinds: atom, smg, sglang-router, vllm-router).",
+        help="KIND:POLICY entries (kinds: atom, smg, sglang-router, vllm-router); atom@CHECKOUT:POLICY runs "
+        "our router from another checkout (e.g. main, to measure before and after in one run).",
     )
     p.add_argument("--duration", type=int, default=10, help="Seconds of wrk load per target (json, sse).")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (json, sse).")

@@ -4,7 +4,8 @@ The two inference routes are `router.inference.InferencePath` (prepare -> place 
 dispatch -> render), taken by `RouterApp` before Starlette's middleware. Everything else
 (health, readiness, models, metrics, the admin API) is ordinary Starlette.
 
-Start-up (lifespan): the pooled upstream session (all inference traffic and /v1/models),
+Start-up (lifespan): the pooled upstream client (`router.transports.http_upstream`: every
+HTTP inference leg; health, /v1/models, metrics scrapes and discovery keep aiohttp),
 the worker manager (registration with the adapter's hook, health checks; it keeps its own
 small session for probes, since the admin routes need it before the loop runs), worker
 discovery (`router.discovery`: a watched file, Kubernetes pods), the load monitor
@@ -22,7 +23,6 @@ import random
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,7 +38,7 @@ from router.admission import AdmissionCollector, AdmissionController
 from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
 from router.discovery.service import DiscoveryService
-from router.dispatch import Dispatcher, create_session
+from router.dispatch import Dispatcher, create_upstream
 from router.drain import Drain
 from router.errors import ApiError, AuthError, ShuttingDown
 from router.inference import InferencePath
@@ -53,6 +53,7 @@ from router.shared_state.replica_state import ReplicaState
 from router.tokenizer import ModelTokenizers, load_tokenizer
 from router.tracing import Tracer, create_tracer
 from router.transports.grpc_channel import GrpcChannels, grpc_available
+from router.transports.http_upstream import HttpUpstream
 from router.workers.collector import WorkerCollector
 from router.workers.lifecycle import WorkerManager
 from router.workers.load_monitor import LoadMonitor
@@ -149,17 +150,17 @@ class RouterService:
         self.inference = InferencePath(
             config, self.tokenizers, self.admission, self.metrics, self.registry, self.place, self.drain, self.tracer
         )
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: HttpUpstream | None = None
         self.adapter: Adapter | None = None
 
     # -- lifespan ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        self.session = create_session()
+        self.upstream = create_upstream(self.config)
         # Without --pd-disaggregation every backend's workers are plain OpenAI servers.
         adapter_cls = ADAPTERS[self.config.backend] if self.config.pd_disaggregation else OpenAIAdapter
-        self.adapter = adapter_cls(self.session, self.tracer)
+        self.adapter = adapter_cls(self.upstream, self.tracer)
         adapter = self.adapter
         self.manager.add_registration_hook(lambda worker, _session: adapter.prepare_worker(worker))
         self.inference.dispatcher = Dispatcher(
@@ -191,7 +192,7 @@ class RouterService:
             if self.kv_events is not None:
                 await self.kv_events.stop()
             await self.grpc_channels.close_all()
-            await self.session.close()
+            await self.upstream.close()
             await asyncio.to_thread(self.tracer.shutdown)  # flushes spans still queued for export
 
     async def _evict_forever(self) -> None:
@@ -235,7 +236,6 @@ class RouterService:
         return Response(orjson.dumps({"object": "list", "data": list(seen.values())}), media_type="application/json")
 
     async def _worker_models(self, worker: Worker) -> list[ModelEntry]:
-        assert self.session is not None
         try:
             return await self.manager.worker_models(worker)
         except ModelListUnavailable as exc:

@@ -300,6 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="cache_aware with --redis-url: characters (or tokens) of each routing key published to the other replicas.",
     )
 
+    up = p.add_argument_group("Upstream connections (the inference legs to workers)")
+    _option(up, "--upstream-connect-timeout-secs", "upstream.connect_timeout_secs", help="Seconds to connect to a worker.")
+    _option(
+        up,
+        "--upstream-read-timeout-secs",
+        "upstream.read_timeout_secs",
+        type=float,
+        help="Seconds a worker may stay silent while answering before the leg fails (default: only --request-timeout-secs).",
+    )
+    _option(
+        up,
+        "--upstream-max-idle-connections",
+        "upstream.max_idle_connections_per_worker",
+        help="Idle keep-alive connections kept per worker.",
+    )
+    _option(
+        up,
+        "--upstream-idle-timeout-secs",
+        "upstream.idle_timeout_secs",
+        help="Seconds an idle keep-alive connection to a worker is kept (keep it under the workers' own keep-alive timeout).",
+    )
+
     gp = p.add_argument_group("Router-side processing for grpc:// workers (docs/router-side-processing.md)")
     _option(
         gp,
@@ -412,6 +434,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         if getattr(args, dest) < 0:
             raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")
     _check_load_monitor(args)
+    _check_upstream(args)
     max_key_length = getattr(args, "shared_state.tree_sync_max_key_length")
     if max_key_length < 1:
         raise UsageError(f"--tree-sync-max-key-length must be 1 or more, got {max_key_length}")
@@ -443,6 +466,21 @@ def _check_load_monitor(args: argparse.Namespace) -> None:
         raise UsageError(f"--worker-overload-waiting-requests must be 1 or more, got {waiting}")
     if not 0 < usage <= 1:
         raise UsageError(f"--worker-overload-token-usage must be within (0, 1], got {usage}")
+
+
+def _check_upstream(args: argparse.Namespace) -> None:
+    """The upstream client's settings are in range, or a `UsageError` says which is not."""
+    for flag, dest in (
+        ("--upstream-connect-timeout-secs", "upstream.connect_timeout_secs"),
+        ("--upstream-idle-timeout-secs", "upstream.idle_timeout_secs"),
+        ("--upstream-read-timeout-secs", "upstream.read_timeout_secs"),
+    ):
+        value = getattr(args, dest)
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be more than 0 seconds, got {value}")
+    idle = getattr(args, "upstream.max_idle_connections_per_worker")
+    if idle < 0:
+        raise UsageError(f"--upstream-max-idle-connections must be 0 or more, got {idle}")
 
 
 def _importable(module: str) -> bool:

@@ -173,6 +173,23 @@ class SharedStateConfig:
 
 
 @dataclass
+class UpstreamConfig:
+    """The HTTP client of the inference legs (`router.transports.http_upstream`)."""
+
+    # Seconds to open a TCP (and TLS) connection to a worker; past it the leg fails as
+    # unreachable (502, retried on another worker).
+    connect_timeout_secs: float = 10.0
+    # Seconds a worker may send nothing while the router waits for its answer or its next
+    # bytes; None: no limit but the request timeout (a long prefill is silent).
+    read_timeout_secs: float | None = None
+    # Idle keep-alive connections kept per worker; more in use at once are closed after use.
+    max_idle_connections_per_worker: int = 512
+    # Seconds an idle connection is kept: under uvicorn's 5 s keep-alive (vLLM's and
+    # SGLang's servers), so the router drops it before the server does.
+    idle_timeout_secs: float = 4.0
+
+
+@dataclass
 class ProcessingConfig:
     """Router-side processing for token-level (grpc://) workers: where the model's
     tokenizer, chat template and sampling defaults come from (docs/router-side-processing.md)."""
@@ -236,6 +253,7 @@ class RouterConfig:
     tracing: TracingConfig = field(default_factory=TracingConfig)
     load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)
     shared_state: SharedStateConfig = field(default_factory=SharedStateConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
 
     def policy_for(self, role: str) -> str:

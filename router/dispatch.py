@@ -1,14 +1,14 @@
 """Dispatch: run a prepared request on upstream workers, with retries, breakers and load.
 
-One pooled aiohttp session (created at app start, closed at shutdown) carries every
-upstream call. An attempt = place -> take load -> adapter legs -> status check. While
-nothing has reached the client, connection errors and retryable statuses are retried
-with exponential backoff and jitter, each time re-placed with the failed workers in
-`request.excluded` (for P/D, another pair; a failed decode-only attempt may come back as
-a pair and a failed pair as decode-only, see `router.placement.disagg_decider`). Every
-ending path (success, upstream error,
-client disconnect, cancellation, timeout) releases the `LoadGuard`, and every outcome is
-recorded on the worker's circuit breaker.
+One pooled upstream client (`router.transports.http_upstream`, created at app start,
+closed at shutdown) carries every HTTP leg; grpc:// workers take the gRPC leg. An
+attempt = place -> take load -> adapter legs -> status check. While nothing has reached
+the client, connection errors and retryable statuses are retried with exponential
+backoff and jitter, each time re-placed with the failed workers in `request.excluded`
+(for P/D, another pair; a failed decode-only attempt may come back as a pair and a
+failed pair as decode-only, see `router.placement.disagg_decider`). Every ending path
+(success, upstream error, client disconnect, cancellation, timeout) releases the
+`LoadGuard`, and every outcome is recorded on the worker's circuit breaker.
 
 The result is a `Reply`: a complete body, or a live stream the app relays chunk by chunk.
 A stream that breaks later cannot be retried (bytes already went out); the app turns it
@@ -25,8 +25,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from router.adapters.base import Adapter, LegFailure, Upstream
 from router.adapters.vllm import VllmAdapter
 from router.config import RouterConfig
@@ -38,6 +36,7 @@ from router.prepare import PreparedRequest
 from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE
 from router.tracing import OFF, Tracer
 from router.transports import Transport
+from router.transports.http_upstream import HttpUpstream, UpstreamError
 from router.workers.worker import Role, Worker
 
 if TYPE_CHECKING:
@@ -47,19 +46,16 @@ logger = logging.getLogger("atom_mesh.dispatch")
 
 Place = Callable[[RequestDescriptor], PlacementPlan]
 
-_STREAM_ERRORS = (aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
-
-
-def create_session() -> aiohttp.ClientSession:
-    """The router's one upstream client pool: keep-alive, no total timeout (dispatch
-    enforces `request_timeout_secs` itself, streams included), no cookie jar, no limit
-    on connections (admission control bounds concurrency)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+def create_upstream(config: RouterConfig) -> HttpUpstream:
+    """The router's one client for inference legs: keep-alive pools per worker, no
+    total timeout (dispatch enforces `request_timeout_secs` itself, streams included),
+    no limit on connections in use (admission control bounds concurrency)."""
+    u = config.upstream
+    return HttpUpstream(
+        connect_timeout_secs=u.connect_timeout_secs,
+        read_timeout_secs=u.read_timeout_secs,
+        max_idle_per_origin=u.max_idle_connections_per_worker,
+        idle_timeout_secs=u.idle_timeout_secs,
     )
 
 
@@ -126,15 +122,16 @@ class Reply:
             return
         assert self.upstream is not None
         upstream = self.upstream
+        response = upstream.response
         try:
             async with asyncio.timeout_at(self.deadline):
-                async for chunk in upstream.response.content.iter_any():
+                while chunk := await response.next_chunk():
                     yield chunk
         except TimeoutError:
             raise ApiError(
                 504, "request timed out while streaming; raise --request-timeout-secs for long generations", code="timeout"
             ) from None
-        except _STREAM_ERRORS as exc:
+        except UpstreamError as exc:
             self.on_stream_failure(upstream.worker)
             raise ApiError(
                 502, f"worker {upstream.worker.url} failed mid-stream: {exc!r}", code="upstream_stream_broken"
@@ -301,7 +298,7 @@ class Dispatcher:
                     on_stream_failure=lambda w: self._failed(w, request.descriptor),
                 )
             body = upstream.body if upstream.body is not None else await resp.read()
-        except _STREAM_ERRORS as exc:
+        except UpstreamError as exc:
             resp.close()
             raise _Retryable(
                 upstream.worker,

@@ -18,7 +18,7 @@ import pytest
 from testbed.models import build_tiny_model
 from testbed.processes import cmdline, leftover_processes, live_processes, processes_in_session, stop_all
 from testbed.vllm_engine import start_vllm
-from tests.support.shared_engine import SharedEngine
+from tests.support.shared_engine import SharedEngine, users_together
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +28,8 @@ def tiny_llama() -> Path:
 
 
 _shared_engines: dict[str, SharedEngine] = {}
+# The fixtures below that hand out a `SharedEngine` (tests using one are run together).
+_SHARED_ENGINE_FIXTURES = ("vllm_colocated",)
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +38,10 @@ def vllm_colocated(tiny_llama: Path) -> Iterator[SharedEngine]:
 
     Behaves like a `ManagedProcess` (`.url`, `.log_text()` ...). Its model name is the
     model directory (`str(tiny_llama)`). Do not reconfigure or overload it: other tests
-    share it. It runs only while modules that use it run (see `pytest_runtest_teardown`).
+    share it. It runs only while modules that use it run (see `pytest_runtest_teardown`),
+    and those modules run one after the other (`pytest_collection_modifyitems`): ask for it
+    as a test's or fixture's argument (it starts on first attribute use, not when asked
+    for), or with `pytest.mark.usefixtures`, so that the module counts as a user.
     """
     engine = SharedEngine(lambda: start_vllm(tiny_llama, name="vllm-colocated"))
     _shared_engines["vllm_colocated"] = engine
@@ -45,6 +50,15 @@ def vllm_colocated(tiny_llama: Path) -> Iterator[SharedEngine]:
     finally:
         engine.release()
         del _shared_engines["vllm_colocated"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the modules that use a shared engine one after the other, so the engine starts
+    once for all of them instead of once per user: it is released at every module
+    boundary where the next test does not use it, and a vLLM CPU start-up costs 30-50 s on
+    2 cores. Every other test keeps its order."""
+    for name in _SHARED_ENGINE_FIXTURES:
+        items[:] = users_together(items, name)
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:

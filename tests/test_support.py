@@ -12,6 +12,7 @@ import sys
 import textwrap
 import urllib.request
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -19,7 +20,7 @@ from testbed.models import build_tiny_model
 from testbed.ports import free_port
 from testbed.processes import EngineStartError, ManagedProcess, processes_in_session
 from testbed.sim_fleet import start_fleet
-from tests.support.shared_engine import SharedEngine
+from tests.support.shared_engine import SharedEngine, users_together
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,6 +214,19 @@ def test_shared_engine_starts_lazily_and_restarts_after_release() -> None:
         assert engine.starts == 2
     finally:
         engine.release()
+
+
+def test_modules_using_a_shared_engine_run_together_and_the_rest_keep_their_order() -> None:
+    modules = {name: ModuleType(name) for name in "abcde"}
+    uses = {"b": ("vllm_colocated",), "d": ("references", "vllm_colocated")}  # d: through a fixture
+    tests = [
+        SimpleNamespace(module=modules[m], fixturenames=("tiny_llama", *uses.get(m, ())), name=f"{m}{i}")
+        for m in "abcde"
+        for i in range(2)
+    ]
+    order = [t.name for t in users_together(tests, "vllm_colocated")]
+    assert order == ["a0", "a1", "b0", "b1", "d0", "d1", "c0", "c1", "e0", "e1"]
+    assert users_together(tests, "no_such_fixture") == tests
 
 
 def test_interrupted_wait_stops_the_process(monkeypatch: pytest.MonkeyPatch) -> None:

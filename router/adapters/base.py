@@ -24,12 +24,12 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-import aiohttp
 import orjson
 
 from router.placement.types import Pair, PlacementPlan, Single
 from router.prepare import CHAT_ROUTE, PreparedRequest
 from router.tracing import OFF, Tracer
+from router.transports.http_upstream import HttpUpstream, UpstreamError, UpstreamResponse
 from router.workers.worker import Worker
 
 logger = logging.getLogger("atom_mesh.dispatch")
@@ -57,12 +57,12 @@ class Upstream:
     """
 
     worker: Worker
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     body: bytes | None = None
 
 
 class Adapter(abc.ABC):
-    """Speaks one engine family's protocol over the router's shared HTTP session."""
+    """Speaks one engine family's protocol over the router's one upstream HTTP client."""
 
     name: ClassVar[str]
     # True: the protocol's decode workers also serve a plain request on their own
@@ -70,7 +70,7 @@ class Adapter(abc.ABC):
     # False: decode needs a prefill leg every time and P/D pools always pair.
     runs_decode_only: ClassVar[bool] = False
 
-    def __init__(self, http: aiohttp.ClientSession, tracer: Tracer = OFF) -> None:
+    def __init__(self, http: HttpUpstream, tracer: Tracer = OFF) -> None:
         self.http = http
         self.tracer = tracer
 
@@ -91,7 +91,7 @@ class Adapter(abc.ABC):
         """The client's bytes, unchanged, to one worker that runs the whole request."""
         return Upstream(plan.worker, await self.post(plan.worker, request.route, request.raw, headers))
 
-    async def post(self, worker: Worker, route: str, data: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+    async def post(self, worker: Worker, route: str, data: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
         """POST `data` to `worker`; a connection failure becomes `LegFailure(status=None)`.
 
         Every upstream leg of every protocol goes through here, so this is where its span
@@ -100,8 +100,8 @@ class Adapter(abc.ABC):
         url = worker.url + route
         with self.tracer.leg(worker, url) as leg:
             try:
-                resp = await self.http.post(url, data=data, headers=leg.inject(headers))
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                resp = await self.http.post(url, data, leg.inject(headers))
+            except UpstreamError as exc:
                 raise LegFailure(worker, f"cannot reach {worker.role.value} worker {worker.url}: {exc!r}") from exc
             leg.answered(resp.status)
             return resp
@@ -113,11 +113,10 @@ class Adapter(abc.ABC):
         resp = await self.post(worker, route, orjson.dumps(body), headers)
         try:
             data = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            resp.close()
+        except UpstreamError as exc:
             raise LegFailure(worker, f"{worker.role.value} worker {worker.url} dropped the connection: {exc!r}") from exc
         finally:
-            resp.release()
+            resp.release()  # closes the connection unless the whole body arrived
         if resp.status != 200:
             raise LegFailure(
                 worker,
@@ -136,12 +135,19 @@ class Adapter(abc.ABC):
     async def get_json(self, worker: Worker, url: str) -> Any:
         """GET a JSON document the protocol needs (bootstrap info, transfer info)."""
         try:
-            async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    raise LegFailure(worker, f"GET {url} answered {resp.status}", status=502, body=data)
-                return orjson.loads(data)
-        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
+            async with asyncio.timeout(10):
+                resp = await self.http.request("GET", url, b"", {})
+                try:
+                    data = await resp.read()
+                finally:
+                    resp.release()
+        except (TimeoutError, UpstreamError) as exc:
+            raise LegFailure(worker, f"GET {url} failed: {exc!r}") from exc
+        if resp.status != 200:
+            raise LegFailure(worker, f"GET {url} answered {resp.status}", status=502, body=data)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
             raise LegFailure(worker, f"GET {url} failed: {exc!r}") from exc
 
 

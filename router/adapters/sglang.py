@@ -18,12 +18,12 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from router.adapters.base import Adapter, LegFailure, Upstream, expect_pair, run_both
 from router.placement.types import PlacementPlan
 from router.prepare import PreparedRequest
+from router.transports.http_upstream import UpstreamError
 from router.workers.worker import Worker
 
 _rooms = random.SystemRandom()
@@ -75,7 +75,7 @@ class SglangAdapter(Adapter):
     async def _merged_body(self, upstream: Upstream, p_answer: dict[str, Any]) -> bytes:
         try:
             raw = await upstream.response.read()
-        except (aiohttp.ClientError, OSError) as exc:
+        except UpstreamError as exc:
             upstream.response.close()
             raise LegFailure(upstream.worker, f"decode worker {upstream.worker.url} dropped the connection: {exc!r}") from exc
         try:

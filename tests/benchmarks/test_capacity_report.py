@@ -103,3 +103,21 @@ def test_each_router_runs_static_pd_backends_in_its_own_protocol(label: str, fla
     assert cmd[cmd.index("--prefill") + 1] == "http://p:1" and cmd[cmd.index("--decode") + 1] == "http://d:2"
     if router.kind != "atom":
         assert cmd[cmd.index("--prometheus-port") + 1] == "9001"
+
+
+def test_our_router_from_another_checkout_is_labelled_by_it_and_not_a_peer(tmp_path):
+    (tmp_path / "before" / "router").mkdir(parents=True)
+    (tmp_path / "before" / "router" / "__main__.py").write_text("")
+    router = parse_router(f"atom@{tmp_path / 'before'}:round_robin")
+    assert router.kind == "atom" and router.source == tmp_path / "before" and router.label == "atom@before:round_robin"
+    assert router.unavailable_reason() is None
+    assert parse_router(f"atom@{tmp_path / 'missing'}:round_robin").unavailable_reason() is not None
+    rows = with_peer_ratios(
+        [
+            {"target": "atom@before:round_robin", "rps": 9000.0, "p50_ms": 1.0, "p99_ms": 2.0},
+            {"target": "smg:round_robin", "rps": 4000.0, "p50_ms": 8.0, "p99_ms": 30.0},
+        ]
+    )
+    assert rows[0]["rps_vs_best_peer"] == 2.25  # measured against smg, not against itself
+    with pytest.raises(ValueError, match="only our router"):
+        parse_router("smg@/x:round_robin")

@@ -4,7 +4,8 @@ For each tiny random-weight model (Llama, Qwen3 with tied embeddings, Qwen3-MoE)
 built-in implementation and ours (selected with `--hf-overrides`) serve the same batch
 of greedy completions; generated token ids must be identical and every prompt and
 sampled-token logprob must agree to 1e-4 (float32). Per model the reference (for Llama
-the session's shared engine) and ours start together: at most two engines are alive.
+the session's shared engine) and ours start together: at most two engines start at once
+(the shared one idles beside them, for the modules run with this one).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from testbed.models import build_tiny_model
 from testbed.processes import ManagedProcess
 from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, start_vllm
+from tests.support.shared_engine import SharedEngine
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -76,14 +78,14 @@ def _assert_same(ours: list[dict], builtin: list[dict]) -> None:
     ("kind", "atom_arch"),
     [("llama", "AtomLlamaForCausalLM"), ("qwen3", "AtomQwen3ForCausalLM"), ("qwen3_moe", "AtomQwen3MoeForCausalLM")],
 )
-def test_atom_matches_builtin(kind: str, atom_arch: str, request: pytest.FixtureRequest) -> None:
+def test_atom_matches_builtin(kind: str, atom_arch: str, vllm_colocated: SharedEngine) -> None:
     model_dir = build_tiny_model(kind)
     overrides = json.dumps({"architectures": [atom_arch]})
     # Our engine starts first and without waiting: its start-up overlaps the reference's
     # (the two are mostly single-threaded imports and loads, one per core).
     with start_vllm(model_dir, extra_args=["--hf-overrides", overrides], wait=False, name=f"vllm-atom-{kind}") as proc:
         if kind == "llama":  # the session's shared built-in Llama engine is the reference
-            builtin = _complete(request.getfixturevalue("vllm_colocated"), model_dir)
+            builtin = _complete(vllm_colocated.process, model_dir)
         else:
             with start_vllm(model_dir, name=f"vllm-builtin-{kind}") as reference:
                 builtin = _complete(reference, model_dir)

@@ -7,7 +7,10 @@ import pytest
 from router.tokenizer import load_tokenizer
 from tests.support.engine_cases import CASES, TEMPLATE_CHATS, Case, assert_same
 
-pytestmark = [pytest.mark.engine, pytest.mark.slow]
+# reference_answers (tests/router/conftest.py) collects its answers from the shared engine
+# here, the first module to read them: usefixtures makes this module one of the engine's
+# users, so it runs with the others and the engine is up already.
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.usefixtures("vllm_colocated")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

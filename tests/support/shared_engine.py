@@ -5,12 +5,14 @@ the session, i.e. beside every P/D pair and SGLang server started later: three o
 engines on a 2-core machine. `SharedEngine` behaves like the `ManagedProcess` it wraps
 (`.url`, `.port`, `.log_text()` ...), starts it lazily, and `release()` stops it until the
 next user touches it again (tests/conftest.py releases it at module boundaries).
+`users_together` orders a session's tests so that the modules using one shared engine run
+one after the other, and the engine starts once for all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from testbed.processes import ManagedProcess
 
@@ -50,3 +52,21 @@ class SharedEngine:
 
     def __repr__(self) -> str:
         return f"SharedEngine({self._proc!r}, starts={self.starts})"
+
+
+T = TypeVar("T")
+
+
+def users_together(tests: Sequence[T], fixture: str) -> list[T]:
+    """`tests` (collected items: `.module`, `.fixturenames`) with every module that asks
+    for `fixture`, directly or through another fixture, moved up behind the first such
+    module, in their collected order; every other test keeps its place and order. A module
+    moves whole, so its module-scoped fixtures still set up once."""
+    users = {_module(t) for t in tests if fixture in getattr(t, "fixturenames", ())} - {None}
+    first = next((i for i, t in enumerate(tests) if _module(t) in users), len(tests))
+    tail = tests[first:]
+    return [*tests[:first], *(t for t in tail if _module(t) in users), *(t for t in tail if _module(t) not in users)]
+
+
+def _module(test: object) -> object:
+    return getattr(test, "module", None)
