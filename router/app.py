@@ -50,8 +50,8 @@ from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
 from router.render import error_response
 from router.shared_state.replica_state import ReplicaState
-from router.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
-from router.tracing import create_tracer
+from router.tokenizer import ModelTokenizers, load_tokenizer
+from router.tracing import Tracer, create_tracer
 from router.transports.grpc_channel import GrpcChannels, grpc_available
 from router.transports.http_upstream import HttpUpstream
 from router.workers.collector import WorkerCollector
@@ -80,17 +80,15 @@ def grpc_probe(channels: GrpcChannels) -> GrpcWorkerProbe | None:
     return GrpcWorkerProbe(channels)
 
 
-def grpc_leg(channels: GrpcChannels, tokenizer: Tokenizer | None) -> GrpcLeg | None:
-    """The dispatch leg of grpc:// workers, with the codec that renders their answers."""
+def grpc_leg(channels: GrpcChannels, tokenizers: ModelTokenizers, tracer: Tracer) -> GrpcLeg | None:
+    """The dispatch leg of grpc:// workers, with the codec that renders their answers
+    (with the model's tokenizer: chats and text, router.generation; without: token ids)."""
     if not grpc_available():
         return None
-    from router.transports.completions_codec import CompletionsCodec
-    from router.transports.grpc_leg import GenerationCodec, GrpcLeg
+    from router.transports.grpc_leg import GrpcLeg
     from router.transports.openai_codec import OpenAICodec
 
-    # With the model's tokenizer: chats and text (router.generation); without: token ids.
-    codec: GenerationCodec = OpenAICodec(tokenizer) if isinstance(tokenizer, HFTokenizer) else CompletionsCodec()
-    return GrpcLeg(channels, codec)
+    return GrpcLeg(channels, OpenAICodec(tokenizers), tracer)
 
 
 class RouterService:
@@ -108,7 +106,12 @@ class RouterService:
         self.replica_state = ReplicaState.from_config(config)
         rate_limiter = self.replica_state.rate_limiter if self.replica_state else None
         self.admission = AdmissionController(config.admission, rate_limiter=rate_limiter)
-        self.tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
+        processing = config.processing
+        self.tokenizer = load_tokenizer(
+            config.tokenizer_path or processing.model_path, config.chat_template, processing.generation_config
+        )
+        # Per model; without a configured tokenizer, filled from gRPC workers as they register.
+        self.tokenizers = ModelTokenizers(self.tokenizer)
         rng = random.Random(config.seed)
         # The engines' KV events feed one index, read by every kv_aware pool.
         kv_index = KVBlockIndex() if config.uses_policy("kv_aware") else None
@@ -122,6 +125,13 @@ class RouterService:
         self.grpc_channels = GrpcChannels()
         self.registry.on_removed(self.grpc_channels.discard)
         self.manager = WorkerManager(config, self.registry, grpc_probe=grpc_probe(self.grpc_channels))
+        if self.tokenizer is None and not processing.disable_tokenizer_autoload and grpc_available():
+            from router.transports.grpc_tokenizer import TokenizerFetcher
+
+            fetcher = TokenizerFetcher(
+                self.tokenizers, self.grpc_channels, processing.tokenizer_cache_dir, processing.generation_config
+            )
+            self.manager.add_registration_hook(fetcher)
         self.discovery = DiscoveryService(config, self.manager)
         self.metrics.registry.register(WorkerCollector(self.manager))
         self.metrics.registry.register(AdmissionCollector(self.admission))
@@ -138,7 +148,7 @@ class RouterService:
         # Graceful shutdown (router.server drives it): readiness and the inference path read it.
         self.drain = Drain()
         self.inference = InferencePath(
-            config, self.tokenizer, self.admission, self.metrics, self.registry, self.place, self.drain, self.tracer
+            config, self.tokenizers, self.admission, self.metrics, self.registry, self.place, self.drain, self.tracer
         )
         self.upstream: HttpUpstream | None = None
         self.adapter: Adapter | None = None
@@ -161,7 +171,7 @@ class RouterService:
             clock=self.manager.clock,
             rng=self._rng,
             tracer=self.tracer,
-            grpc=grpc_leg(self.grpc_channels, self.tokenizer),
+            grpc=grpc_leg(self.grpc_channels, self.tokenizers, self.tracer),
         )
         await self.manager.start()
         await self.discovery.start()

@@ -38,7 +38,12 @@ _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 
 
 class ChatTemplateError(ValueError):
-    """The template rejected the chat (its own `raise_exception`, or a render error)."""
+    """The template rejected the chat (its own `raise_exception`, or a render error).
+    `reason` is the template's own message where it raised one (what vLLM answers with)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _GenerationBlock(jinja2.ext.Extension):
@@ -146,7 +151,7 @@ class ChatTemplate:
         try:
             text = self._template.render(**context)
         except jinja2.TemplateError as exc:
-            raise ChatTemplateError(f"the model's chat template rejected the messages: {exc}") from exc
+            raise ChatTemplateError(f"the model's chat template rejected the messages: {exc}", reason=str(exc)) from exc
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise ChatTemplateError(f"the model's chat template failed on the messages: {exc}") from exc
         if continue_final_message:

@@ -321,6 +321,36 @@ def build_parser() -> argparse.ArgumentParser:
         "upstream.idle_timeout_secs",
         help="Seconds an idle keep-alive connection to a worker is kept (keep it under the workers' own keep-alive timeout).",
     )
+
+    gp = p.add_argument_group("Router-side processing for grpc:// workers (docs/router-side-processing.md)")
+    _option(
+        gp,
+        "--model-path",
+        "processing.model_path",
+        type=str,
+        help="Model directory the tokenizer, chat template and generation_config.json are read from "
+        "(smg's flag; --tokenizer-path wins when both are given).",
+    )
+    _option(
+        gp,
+        "--generation-config",
+        "processing.generation_config",
+        help="Sampling defaults for unset request fields, as vLLM's flag: 'auto' (the model's generation_config.json), "
+        "'vllm' (none), or a directory holding a generation_config.json.",
+    )
+    _option(
+        gp,
+        "--tokenizer-cache-dir",
+        "processing.tokenizer_cache_dir",
+        help="Where tokenizers fetched from grpc:// workers (GetTokenizer) are unpacked.",
+    )
+    _option(
+        gp,
+        "--disable-tokenizer-autoload",
+        "processing.disable_tokenizer_autoload",
+        action="store_true",
+        help="Do not fetch a tokenizer from grpc:// workers when the router has none (smg's flag).",
+    )
     return p
 
 

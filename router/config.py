@@ -190,6 +190,25 @@ class UpstreamConfig:
 
 
 @dataclass
+class ProcessingConfig:
+    """Router-side processing for token-level (grpc://) workers: where the model's
+    tokenizer, chat template and sampling defaults come from (docs/router-side-processing.md)."""
+
+    # smg's --model-path: the model directory the tokenizer is read from when
+    # --tokenizer-path is not given (--tokenizer-path wins, as in smg).
+    model_path: str | None = None
+    # Sampling defaults for fields a request leaves unset, as vLLM's --generation-config:
+    # "auto" (the model directory's generation_config.json), "vllm" (none: vLLM's neutral
+    # defaults), or a directory holding a generation_config.json.
+    generation_config: str = "auto"
+    # Without a configured tokenizer, a grpc:// worker's tokenizer is fetched from it
+    # (GetTokenizer) once per model and unpacked here, by the bundle's SHA-256.
+    tokenizer_cache_dir: str = "~/.cache/atom-mesh/tokenizers"
+    # Do not fetch tokenizers from grpc:// workers (smg's --disable-tokenizer-autoload).
+    disable_tokenizer_autoload: bool = False
+
+
+@dataclass
 class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 30000
@@ -235,6 +254,7 @@ class RouterConfig:
     load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)
     shared_state: SharedStateConfig = field(default_factory=SharedStateConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
 
     def policy_for(self, role: str) -> str:
         """The policy name for a pool: prefill/decode overrides fall back to `policy`."""

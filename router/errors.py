@@ -270,3 +270,12 @@ class InvalidGenerationRequest(TypedError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_parameter"
+
+
+class ChatTemplateRejected(InvalidGenerationRequest):
+    """The model's chat template refused the chat (its `raise_exception`): vLLM's HTTP
+    server answers exactly this body (the template's own words, `BadRequestError`, code
+    400), so a gRPC worker's client gets what an HTTP worker's gets through the router."""
+
+    type = "BadRequestError"
+    code = "400"

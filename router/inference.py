@@ -32,10 +32,10 @@ from router.errors import ApiError, ShuttingDown
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
 from router.placement.types import PlacementPlan, RequestDescriptor
-from router.prepare import PreparedRequest, payload_too_large, prepare_request
+from router.prepare import PreparedRequest, payload_too_large, prepare_request_async
 from router.render import SSE_CONTENT_TYPE, Headers, StreamWriter, header_list, send_body, send_error
 from router.sse import SseEventCounter
-from router.tokenizer import Tokenizer
+from router.tokenizer import ModelTokenizers
 from router.tracing import OFF, Step, Tracer
 from router.workers.registry import WorkerRegistry
 
@@ -52,7 +52,7 @@ class InferencePath:
     def __init__(
         self,
         config: RouterConfig,
-        tokenizer: Tokenizer | None,
+        tokenizer: ModelTokenizers,
         admission: AdmissionController,
         metrics: RouterMetrics,
         registry: WorkerRegistry,
@@ -92,7 +92,7 @@ class InferencePath:
         trace = self._tracer.request(route, headers)
         try:
             with trace.step("prepare"):
-                prepared = self._prepare(route, await read_body(receive, headers, self._config.max_payload_size), headers)
+                prepared = await self._prepare(route, await read_body(receive, headers, self._config.max_payload_size), headers)
             trace.identify(prepared.descriptor)
             id_token = request_id_var.set(prepared.descriptor.request_id)
             model = self._model_label(prepared.descriptor.model)
@@ -121,8 +121,8 @@ class InferencePath:
 
     # -- the steps, in pipeline order -------------------------------------------------------
 
-    def _prepare(self, route: str, raw: bytes, headers: dict[str, str]) -> PreparedRequest:
-        return prepare_request(
+    async def _prepare(self, route: str, raw: bytes, headers: dict[str, str]) -> PreparedRequest:
+        return await prepare_request_async(
             route,
             raw,
             headers,

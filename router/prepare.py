@@ -5,10 +5,18 @@ messages/prompt, stream, token limits, n) are checked strictly so that bad input
 clear 4xx here instead of a confusing engine error or a crash; everything else passes
 through (`extra="allow"`), because engines accept many fields of their own.
 The raw bytes are kept: co-located dispatch forwards them unchanged.
+
+With the model's tokenizer the prompt is tokenized here, once, exactly as the engine
+runs it (`router.generation.inputs`): placement keys on those ids (what the engines'
+prefix caches hold) and the gRPC leg sends them, instead of rendering and encoding the
+prompt a second time. A prompt the router cannot tokenize (the template rejects the
+chat, a batch of prompts) still routes, by its text: an HTTP engine may take it, and the
+gRPC leg gives the error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -18,10 +26,10 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from router.chat_template import ChatTemplateError
-from router.errors import ApiError
+from router.errors import ApiError, InvalidGenerationRequest
+from router.generation.inputs import OFF_LOOP_CHARS, PromptInput, prompt_input
 from router.placement.types import RequestDescriptor, estimate_prompt_tokens
-from router.tokenizer import Tokenizer
+from router.tokenizer import ModelTokenizers, Tokenizer
 
 logger = logging.getLogger("atom_mesh.prepare")
 
@@ -83,6 +91,11 @@ class PreparedRequest:
     descriptor: RequestDescriptor
     # Number of prompts in a completions batch (list of strings / list of token lists); 1 otherwise.
     batch_size: int = 1
+    # The model's tokenizer, when the router has one for the request's model.
+    tokenizer: Tokenizer | None = None
+    # The prompt as the engine runs it (token ids, rendered text), when `tokenizer` could
+    # tokenize it: the gRPC leg sends these ids rather than tokenizing again.
+    prompt: PromptInput | None = None
 
 
 def payload_too_large(limit: int) -> ApiError:
@@ -131,14 +144,15 @@ def _chat_text(messages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _rendered_chat(tokenizer: Tokenizer, body: dict[str, Any]) -> str | None:
-    """The chat's prompt as the engine renders it, or None (no template, or the template
-    rejects the chat: the engine, which renders it again, then answers with its own error,
-    so the router routes by the plain text instead of refusing what the engine might take)."""
+def _engine_prompt(tokenizer: Tokenizer, body: dict[str, Any], *, chat: bool) -> PromptInput | None:
+    """The prompt's ids as the engine runs them, or None when the router cannot tokenize
+    it (no chat template, the template rejects the chat, a batch): the request then
+    routes by its text, and an HTTP engine, which renders it again, answers with its
+    own verdict (the gRPC leg answers with the router's)."""
     try:
-        return tokenizer.render_chat(body)
-    except ChatTemplateError as exc:
-        logger.debug("chat template rejected a chat; routing by its text", extra={"reason": str(exc)})
+        return prompt_input(tokenizer, body, chat=chat, max_model_len=None)
+    except InvalidGenerationRequest as exc:
+        logger.debug("prompt not tokenized; routing by its text", extra={"reason": exc.message})
         return None
 
 
@@ -169,11 +183,12 @@ def prepare_request(
     *,
     request_id_headers: list[str],
     session_header: str,
-    tokenizer: Tokenizer | None = None,
+    tokenizer: Tokenizer | ModelTokenizers | None = None,
 ) -> PreparedRequest:
     """Parse and validate `raw` for `route`; raise `ApiError` (4xx) on bad input.
 
-    `headers` must have lower-case names.
+    `tokenizer`: the model's, or the router's tokenizers by model. `headers` must have
+    lower-case names.
     """
     try:
         body = orjson.loads(raw)
@@ -187,17 +202,22 @@ def prepare_request(
     except ValidationError as exc:
         raise _validation_error(exc, body) from None
 
+    tok = tokenizer.for_model(parsed.model) if isinstance(tokenizer, ModelTokenizers) else tokenizer
+    chat = isinstance(parsed, ChatCompletionRequest)
+    prompt = _engine_prompt(tok, body, chat=chat) if tok is not None else None
     batch_size = 1
     if isinstance(parsed, ChatCompletionRequest):
         text, tokens = _chat_text(body["messages"]), None
-        if tokenizer is not None:
-            text = _rendered_chat(tokenizer, body) or text
+        if prompt is not None:
+            text, tokens = prompt.text, list(prompt.input_ids)
         max_out = parsed.max_completion_tokens or parsed.max_tokens
     else:
         text, tokens, batch_size = _prompt_key(body["prompt"])
+        if prompt is not None and prompt.text:  # a text prompt, encoded as the engine does
+            tokens = list(prompt.input_ids)
         max_out = parsed.max_tokens
-    if tokens is None and tokenizer is not None:
-        tokens = tokenizer.encode(text)
+    if tokens is None and tok is not None:
+        tokens = tok.encode(text)
     prompt_estimate = estimate_prompt_tokens(text, tokens)
     descriptor = RequestDescriptor(
         request_id=_request_id(headers, request_id_headers),
@@ -209,4 +229,29 @@ def prepare_request(
         estimated_tokens=(prompt_estimate + (max_out or 0)) * batch_size * (parsed.n or 1),
         prompt_tokens=prompt_estimate,
     )
-    return PreparedRequest(route=route, raw=raw, body=body, descriptor=descriptor, batch_size=batch_size)
+    return PreparedRequest(
+        route=route, raw=raw, body=body, descriptor=descriptor, batch_size=batch_size, tokenizer=tok, prompt=prompt
+    )
+
+
+async def prepare_request_async(
+    route: str,
+    raw: bytes,
+    headers: Mapping[str, str],
+    *,
+    request_id_headers: list[str],
+    session_header: str,
+    tokenizer: Tokenizer | ModelTokenizers | None = None,
+) -> PreparedRequest:
+    """`prepare_request`, in a worker thread when it tokenizes a long body: encoding a
+    32k-token prompt takes ~50 ms of CPU (docs/router-side-processing.md), which the event
+    loop would otherwise stall for (`HFTokenizer.encode_text` releases the GIL)."""
+    kwargs: dict[str, Any] = {
+        "request_id_headers": request_id_headers,
+        "session_header": session_header,
+        "tokenizer": tokenizer,
+    }
+    tokenizes = tokenizer is not None and not (isinstance(tokenizer, ModelTokenizers) and tokenizer.empty)
+    if not tokenizes or len(raw) < OFF_LOOP_CHARS:
+        return prepare_request(route, raw, headers, **kwargs)
+    return await asyncio.to_thread(prepare_request, route, raw, headers, **kwargs)

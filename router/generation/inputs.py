@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router.chat_template import ChatTemplateError
-from router.errors import InvalidGenerationRequest
+from router.errors import ChatTemplateRejected, InvalidGenerationRequest
 
 # Prompts (rendered chat or completions text) longer than this many characters are
 # tokenized off the event loop: about 1k tokens, where encoding starts to cost ~1 ms.
@@ -49,6 +49,8 @@ def _chat_input(tokenizer: PromptTokenizer, body: Mapping[str, Any]) -> PromptIn
     try:
         text = tokenizer.render_chat(body)
     except ChatTemplateError as exc:
+        if exc.reason is not None:  # the template's raise_exception: vLLM's body
+            raise ChatTemplateRejected(exc.reason) from None
         raise InvalidGenerationRequest(str(exc), param="messages") from None
     if text is None:
         raise InvalidGenerationRequest(

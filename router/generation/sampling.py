@@ -3,9 +3,11 @@
 Semantics follow vLLM's OpenAI server (`ChatCompletionRequest.to_sampling_params`,
 `CompletionRequest.to_sampling_params`, `SamplingParams._verify_args`), so a request
 gives the same answer through the router's gRPC path as through vLLM's HTTP server:
-unset fields stay None (the engine then uses the model's generation_config defaults),
-chat's `max_completion_tokens` wins over `max_tokens`, chat logprobs are `logprobs: true`
-plus `top_logprobs`, completions logprobs an integer. Range errors use vLLM's wording.
+unset fields are filled from the model's generation_config.json (`SamplingDefaults`,
+router.generation.defaults: vLLM's gRPC servicer does not apply them) or stay None,
+a completion without `max_tokens` gets vLLM's 16, chat's `max_completion_tokens` wins
+over `max_tokens`, chat logprobs are `logprobs: true` plus `top_logprobs`, completions
+logprobs an integer. Range errors use vLLM's wording.
 
 Features this path does not run (n > 1, beam search, echo, structured outputs) are
 refused with a 400 that says so, never silently ignored.
@@ -18,10 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from router.errors import InvalidGenerationRequest
+from router.generation.defaults import NO_DEFAULTS, SamplingDefaults
 from router.generation.types import SamplingParams
 
 # OpenAI's own bound on alternatives per token; vLLM's default --max-logprobs is 20 too.
 MAX_LOGPROBS = 20
+# vLLM's CompletionRequest.max_tokens when the body has none (chat has no such default).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
 def _bad(message: str, param: str) -> InvalidGenerationRequest:
@@ -173,8 +178,11 @@ def _prompt_logprobs(body: Mapping[str, Any], stream: bool) -> int | None:
     return _logprobs_count(value, "prompt_logprobs")
 
 
-def sampling_params(body: Mapping[str, Any], *, chat: bool) -> SamplingParams:
-    """The engine's sampling parameters for a chat (`chat=True`) or completions body.
+def sampling_params(
+    body: Mapping[str, Any], *, chat: bool, defaults: SamplingDefaults = NO_DEFAULTS
+) -> SamplingParams:
+    """The engine's sampling parameters for a chat (`chat=True`) or completions body,
+    unset fields filled from the model's `defaults` (as vLLM's server fills them).
 
     Raises `InvalidGenerationRequest` (400) for a bad value or an unsupported feature."""
     _refuse_unsupported(body, chat=chat)
@@ -185,7 +193,8 @@ def sampling_params(body: Mapping[str, Any], *, chat: bool) -> SamplingParams:
         max_tokens = _integer(body, "max_completion_tokens") or _integer(body, "max_tokens")
         logprobs = _chat_logprobs(body)
     else:
-        max_tokens = _integer(body, "max_tokens")
+        # An absent max_tokens is 16 (vLLM's); an explicit null falls to the defaults.
+        max_tokens = _integer(body, "max_tokens") if "max_tokens" in body else COMPLETIONS_DEFAULT_MAX_TOKENS
         raw = _integer(body, "logprobs")
         if raw is not None and raw < -1:
             raise _bad(f"logprobs must be non-negative or -1, got {raw}.", "logprobs")
@@ -211,5 +220,6 @@ def sampling_params(body: Mapping[str, Any], *, chat: bool) -> SamplingParams:
         prompt_logprobs=_prompt_logprobs(body, stream),
         logit_bias=_logit_bias(body),
     )
+    params = defaults.apply(params)
     _verify_ranges(params)
     return params

@@ -1,7 +1,8 @@
 """The gRPC leg's codec for a router without a tokenizer: `/v1/completions` by token ids.
 
-With `--tokenizer-path` the router serves gRPC workers with `OpenAICodec`
-(`router.generation`: chats, text prompts, detokenized answers). Without a tokenizer it
+With the model's tokenizer (`--tokenizer-path`, `--model-path`, or fetched from the
+worker) `OpenAICodec` serves gRPC workers (`router.generation`: chats, text prompts,
+detokenized answers) and hands requests for models it has none for to this codec, which
 can still run completions whose prompt is token ids, answering as vLLM does with
 `return_token_ids` and `return_tokens_as_token_ids`: `token_ids` per choice, `text` empty,
 logprob tokens as "token_id:N". One prompt, n=1; anything else is a 400 that says what
@@ -17,19 +18,20 @@ from typing import Any
 import orjson
 
 from router.errors import ApiError
+from router.generation.sampling import COMPLETIONS_DEFAULT_MAX_TOKENS
 from router.generation.types import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
 from router.prepare import COMPLETIONS_ROUTE, PreparedRequest
 from router.workers.worker import Worker
 
-# vLLM's default max_tokens for completions.
-DEFAULT_MAX_TOKENS = 16
 _FLOATS = ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
 _INTS = ("top_k", "min_tokens", "seed")
 _BOOLS = ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens")
 
 
 def _unsupported(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, f"{message} (gRPC workers, until the router's generation layer lands)", param=param)
+    return ApiError(
+        400, f"{message} (gRPC workers, when the router has no tokenizer for the model: start it with --model-path)", param=param
+    )
 
 
 def sampling_from_body(body: dict[str, Any]) -> SamplingParams:
@@ -71,7 +73,7 @@ def sampling_from_body(body: dict[str, Any]) -> SamplingParams:
             raise ApiError(400, "logprobs must be a non-negative integer (top alternatives per token)", param="logprobs")
         values["logprobs"] = logprobs
     max_tokens = body.get("max_tokens")
-    values["max_tokens"] = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    values["max_tokens"] = COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
     return SamplingParams(**values)
 
 

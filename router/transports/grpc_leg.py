@@ -14,11 +14,17 @@ refusal) arrives first, so a prompt that is too long is a 400, not an SSE error 
 A prefill/decode `Pair` runs vLLM's serial P/D (`router.adapters.vllm_grpc`): the prefill
 leg to its end, then the decode leg, whose answer the client gets; both legs are
 `Generate` calls, each aborted on its engine when it is left early.
+
+Tracing: each `Generate` call is a leg span (`Tracer.leg`, the HTTP legs' span: `worker`,
+or `prefill` then `decode`), from the call to the whole answer (a body, a prefill leg) or
+to its first message (a stream, as an HTTP leg's span ends with the response headers),
+with the status the engine's outcome gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Protocol
 
 from router.adapters.base import LegFailure
@@ -27,6 +33,7 @@ from router.errors import ApiError
 from router.generation.types import GenerationChunk, GenerationRequest
 from router.placement.types import PlacementPlan, Single
 from router.prepare import PreparedRequest
+from router.tracing import OFF, LegTrace, Tracer
 from router.transports.grpc_channel import GrpcChannels
 from router.transports.grpc_engines import GrpcEngineClient, engine_client, engine_of
 from router.workers.worker import Worker
@@ -61,9 +68,10 @@ class GrpcLeg:
     """Runs a plan on gRPC workers (a `Single`, or a `Pair` with vLLM's serial P/D); the
     dispatcher does retries, breakers and load."""
 
-    def __init__(self, channels: GrpcChannels, codec: GenerationCodec) -> None:
+    def __init__(self, channels: GrpcChannels, codec: GenerationCodec, tracer: Tracer = OFF) -> None:
         self.channels = channels
         self.codec = codec
+        self.tracer = tracer
 
     def client(self, worker: Worker) -> GrpcEngineClient:
         return engine_client(worker, self.channels.channel(worker))
@@ -72,25 +80,27 @@ class GrpcLeg:
         """The whole answer as a JSON body. Raises `LegFailure` / `ApiError` (see
         `VllmGrpcClient.generate` and `answering_request`)."""
         worker, request = await self.answering_request(plan, prepared)
-        stream = self.client(worker).generate(request)
-        try:
-            async for chunk in stream:
-                if chunk.finished:
-                    return self.codec.render_body(prepared, worker, request, chunk)
-        finally:
-            await stream.aclose()
+        with self.tracer.leg(worker, worker.url) as leg, _answered(leg):
+            stream = self.client(worker).generate(request)
+            try:
+                async for chunk in stream:
+                    if chunk.finished:
+                        return self.codec.render_body(prepared, worker, request, chunk)
+            finally:
+                await stream.aclose()
         raise AssertionError("VllmGrpcClient.generate ends with a finished chunk or raises")
 
     async def stream(self, plan: PlacementPlan, prepared: PreparedRequest) -> AsyncGenerator[bytes, None]:
         """The answer as SSE bytes, started: the engine's first message has arrived (so its
         refusal raises here). Closing the iterator early aborts the engine's request."""
         worker, request = await self.answering_request(plan, prepared)
-        chunks = self.client(worker).generate(request)
-        try:
-            first = await anext(chunks)
-        except BaseException:
-            await chunks.aclose()
-            raise
+        with self.tracer.leg(worker, worker.url) as leg, _answered(leg):
+            chunks = self.client(worker).generate(request)
+            try:
+                first = await anext(chunks)
+            except BaseException:
+                await chunks.aclose()
+                raise
         return self.codec.render_stream(prepared, worker, request, _prepend(first, chunks))
 
     async def answering_request(self, plan: PlacementPlan, prepared: PreparedRequest) -> tuple[Worker, GenerationRequest]:
@@ -116,9 +126,10 @@ class GrpcLeg:
         engine by `VllmGrpcClient.generate`."""
         chunks = self.client(worker).generate(request)
         try:
-            async for chunk in chunks:
-                if chunk.finished:
-                    return prefill_params(worker, chunk)
+            with self.tracer.leg(worker, worker.url) as leg, _answered(leg):
+                async for chunk in chunks:
+                    if chunk.finished:
+                        return prefill_params(worker, chunk)
         except ApiError as err:
             raise LegFailure(
                 worker, f"prefill worker {worker.url} answered {err.status}", status=err.status, body=err.body()
@@ -126,6 +137,18 @@ class GrpcLeg:
         finally:
             await chunks.aclose()
         raise AssertionError("VllmGrpcClient.generate ends with a finished chunk or raises")
+
+
+@contextlib.contextmanager
+def _answered(leg: LegTrace) -> Iterator[None]:
+    """Record on the leg's span the status its outcome gives: 200, or the engine's refusal
+    (a worker that failed is recorded as the span's exception)."""
+    try:
+        yield
+    except ApiError as err:
+        leg.answered(err.status)
+        raise
+    leg.answered(200)
 
 
 async def _prepend(

@@ -29,6 +29,8 @@ CONTRACT: dict[type[TypedError], tuple[int, str, str]] = {
     errors.WorkerStartFailedError: (503, "service_unavailable", "worker_failed"),
     errors.ShuttingDown: (503, "service_unavailable", "shutting_down"),
     errors.InvalidGenerationRequest: (400, "invalid_request_error", "invalid_parameter"),
+    # vLLM's HTTP body for a chat its template refuses (what the router relays for HTTP workers).
+    errors.ChatTemplateRejected: (400, "BadRequestError", "400"),
 }
 
 

@@ -14,7 +14,9 @@ from router.generation.types import SamplingParams
 
 def test_unset_fields_stay_engine_defaults() -> None:
     assert sampling_params({"messages": []}, chat=True) == SamplingParams()
-    assert sampling_params({"prompt": "x"}, chat=False) == SamplingParams()
+    # vLLM's CompletionRequest: max_tokens 16 when absent, the defaults' when null
+    assert sampling_params({"prompt": "x"}, chat=False) == SamplingParams(max_tokens=16)
+    assert sampling_params({"prompt": "x", "max_tokens": None}, chat=False) == SamplingParams()
 
 
 def test_every_mapped_field() -> None:

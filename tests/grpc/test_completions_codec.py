@@ -8,9 +8,10 @@ import orjson
 import pytest
 
 from router.errors import ApiError
+from router.generation.sampling import COMPLETIONS_DEFAULT_MAX_TOKENS
 from router.generation.types import GenerationChunk, TokenLogprob
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE, prepare_request
-from router.transports.completions_codec import DEFAULT_MAX_TOKENS, CompletionsCodec
+from router.transports.completions_codec import CompletionsCodec
 from router.workers.worker import Worker
 
 WORKER = Worker("grpc://127.0.0.1:1", models=frozenset({"m"}))
@@ -26,7 +27,7 @@ async def test_token_prompt_and_sampling_fields() -> None:
     assert req.input_ids == (1, 2, 3) and not req.stream
     s = req.sampling
     assert s.temperature == 0.0 and s.stop == ("x",) and s.logprobs == 2 and s.seed == 4 and s.ignore_eos
-    assert s.max_tokens == DEFAULT_MAX_TOKENS and s.top_p is None
+    assert s.max_tokens == COMPLETIONS_DEFAULT_MAX_TOKENS and s.top_p is None
 
 
 @pytest.mark.parametrize(
