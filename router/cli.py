@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         "discovery.bootstrap_port_annotation",
         help="Pod annotation that holds a prefill pod's bootstrap port.",
     )
+    _option(
+        k,
+        "--service-discovery-protocol",
+        "discovery.protocol",
+        choices=("http", "grpc"),
+        help="How the router talks to discovered pods: http:// workers, or grpc:// (token-level engines, docs/grpc.md).",
+    )
 
     tr = p.add_argument_group("Tracing (OpenTelemetry; needs atom-mesh[otel])")
     _option(

@@ -112,12 +112,15 @@ class DiscoveryConfig:
     selector: list[str] = field(default_factory=list)
     prefill_selector: list[str] = field(default_factory=list)
     decode_selector: list[str] = field(default_factory=list)
-    # The port the engine serves on inside each pod (the worker URL is http://<podIP>:<port>).
+    # The port the engine serves on inside each pod (the worker URL is <protocol>://<podIP>:<port>).
     port: int = 80
     # None: watch pods in every namespace (needs a ClusterRole).
     namespace: str | None = None
     # Pod annotation that carries a prefill pod's bootstrap port.
     bootstrap_port_annotation: str = "sglang.ai/bootstrap-port"
+    # How the router talks to discovered pods (smg's --service-discovery-protocol): the
+    # worker URL's scheme, http://<podIP>:<port> or grpc://<podIP>:<port>.
+    protocol: str = "http"
 
 
 @dataclass

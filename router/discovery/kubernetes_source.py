@@ -170,6 +170,7 @@ class KubernetesSource:
                 ((rule, self._pods[rule].values()) for rule in self._rules),
                 self._cfg.port,
                 self._cfg.bootstrap_port_annotation,
+                self._cfg.protocol,
             )
             for name, reason in skipped.items():
                 if self._skipped.get(name) != reason:

@@ -7,7 +7,7 @@ this module directly.
 A pod is a worker when its phase is Running, it has a pod IP, its Ready condition is
 True and it is not being deleted (a terminating pod drains, as it would behind a Service).
 Its role is the role of the selector that found it; its URL is
-http://<podIP>:<--service-discovery-port>; a prefill pod's bootstrap port comes from the
+<--service-discovery-protocol>://<podIP>:<--service-discovery-port>; a prefill pod's bootstrap port comes from the
 `--bootstrap-port-annotation` annotation.
 """
 
@@ -86,7 +86,9 @@ class PodVerdict:
     reason: str = ""
 
 
-def pod_worker(pod: Mapping[str, Any], role: str, port: int, bootstrap_annotation: str) -> PodVerdict:
+def pod_worker(
+    pod: Mapping[str, Any], role: str, port: int, bootstrap_annotation: str, protocol: str = "http"
+) -> PodVerdict:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     if meta.get("deletionTimestamp"):
@@ -110,11 +112,14 @@ def pod_worker(pod: Mapping[str, Any], role: str, port: int, bootstrap_annotatio
             return PodVerdict(None, f"annotation {bootstrap_annotation}={raw!r} is not a TCP port (1-65535)")
     host = f"[{ip}]" if ":" in ip else ip
     labels = {"pod": str(meta.get("name", "")), "namespace": str(meta.get("namespace", ""))}
-    return PodVerdict(WorkerSpec(url=f"http://{host}:{port}", role=role, bootstrap_port=bootstrap_port, labels=labels))
+    return PodVerdict(WorkerSpec(url=f"{protocol}://{host}:{port}", role=role, bootstrap_port=bootstrap_port, labels=labels))
 
 
 def view_from_pods(
-    pods_by_rule: Iterable[tuple[PodRule, Iterable[Mapping[str, Any]]]], port: int, bootstrap_annotation: str
+    pods_by_rule: Iterable[tuple[PodRule, Iterable[Mapping[str, Any]]]],
+    port: int,
+    bootstrap_annotation: str,
+    protocol: str = "http",
 ) -> tuple[dict[WorkerKey, WorkerSpec], dict[str, str]]:
     """The workers the pods make (one per (URL, role): the first pod by name wins, e.g.
     two host-network pods on one node), and why each other pod is not one."""
@@ -122,7 +127,7 @@ def view_from_pods(
     skipped: dict[str, str] = {}
     for rule, pods in pods_by_rule:
         for pod in sorted(pods, key=pod_name):
-            verdict = pod_worker(pod, rule.role, port, bootstrap_annotation)
+            verdict = pod_worker(pod, rule.role, port, bootstrap_annotation, protocol)
             name = f"{pod_name(pod)} ({rule.role})"
             if verdict.spec is None:
                 skipped[name] = verdict.reason

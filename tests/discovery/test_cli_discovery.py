@@ -36,6 +36,7 @@ def test_flags_set_their_fields():
         "--service-discovery-port", "8000",
         "--service-discovery-namespace", "serving",
         "--bootstrap-port-annotation", "example.com/bootstrap",
+        "--service-discovery-protocol", "grpc",
     ).discovery  # fmt: skip
     assert cfg == DiscoveryConfig(
         file="w.yaml",
@@ -45,6 +46,7 @@ def test_flags_set_their_fields():
         port=8000,
         namespace="serving",
         bootstrap_port_annotation="example.com/bootstrap",
+        protocol="grpc",
     )
     pd = parse(
         "--pd-disaggregation", "--service-discovery", "--prefill-selector", "r=p", "--decode-selector", "r=d"

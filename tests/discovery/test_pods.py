@@ -95,3 +95,10 @@ def test_rules_by_mode():
         pod_rules(DiscoveryConfig(prefill_selector=["r=p"]), True)
     with pytest.raises(SelectorError, match="--selector finds regular workers"):
         pod_rules(DiscoveryConfig(selector=["a=b"], prefill_selector=["r=p"], decode_selector=["r=d"]), True)
+
+
+def test_grpc_protocol_makes_grpc_worker_urls():
+    """--service-discovery-protocol grpc (smg's flag): the pods are grpc:// workers."""
+    obj = pod("vllm-0", "10.244.1.17", {"app": "vllm"}, namespace="serving")
+    view, _ = view_from_pods([(PodRule("regular", (("app", "vllm"),)), [obj])], 50051, ANNOTATION, "grpc")
+    assert [spec.url for spec in view.values()] == ["grpc://10.244.1.17:50051"]
