@@ -509,3 +509,25 @@ async def test_the_grpc_leg_is_a_client_span_of_the_request(grpc_engine: Managed
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_openai_sdk_works_unchanged_against_a_grpc_worker(
+    grpc_engine: ManagedProcess, recorded: dict[str, Any], model: str
+) -> None:
+    """The OpenAI Python SDK, as a client uses it: a chat and a streamed chat give vLLM
+    HTTP's text, a text completion its text (the router renders every answer itself)."""
+    from openai import AsyncOpenAI
+
+    config = make_config(workers=regular(_grpc_url(grpc_engine)), tokenizer_path=model)
+    async with running_router(config) as router:
+        client = AsyncOpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+        chat = await client.chat.completions.create(model=model, **CHAT)
+        stream = await client.chat.completions.create(model=model, stream=True, **CHAT)
+        streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        text = await client.completions.create(model=model, **TEXT)
+        await client.close()
+    expected = ref_choice(recorded, "chat")["message"]["content"]
+    assert chat.choices[0].message.content == streamed == expected
+    assert chat.choices[0].finish_reason == ref_choice(recorded, "chat")["finish_reason"]
+    assert chat.usage is not None and chat.usage.completion_tokens == answer(recorded, "chat")["usage"]["completion_tokens"]
+    assert text.choices[0].text == ref_choice(recorded, "text")["text"]
