@@ -207,6 +207,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
     if not (rps and p50 and p99):
         raise ValueError(f"could not parse wrk output:\n{output}")
+    done = re.search(r"^\s+(\d+) requests in", output, re.M)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     connect, read, write, timeout = (int(x) for x in socket.groups()) if socket else (0, 0, 0, 0)
@@ -216,6 +217,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
         "p99_ms": _ms(p99.group(1)),
         "errors": (int(non2xx.group(1)) if non2xx else 0) + connect + read + write,
         "timeouts": timeout,
+        "requests": int(done.group(1)) if done else 0,
     }
 
 
@@ -259,22 +261,45 @@ def wait_serving(url: str, mode: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM of `pid` and its descendants (a router may fork workers), in MiB."""
-    total_kib = 0
+def _process_tree(pid: int) -> Iterator[int]:
+    """`pid` and its descendants alive now (a router may fork workers)."""
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        yield current
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of `pid` and its descendants, in MiB."""
+    total_kib = 0
+    for current in _process_tree(pid):
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 total_kib += int(line.split()[1])
     return total_kib / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its descendants so far. Per request, it is the
+    figure a shared machine disturbs least: req/s moves with what else runs on the cores,
+    the CPU a router spends on one request much less."""
+    ticks = 0
+    for current in _process_tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measure_target(url: str, mode: str, *, duration_s: int, connections: int, streams: int, workdir: Path) -> dict[str, Any]:
@@ -325,7 +350,12 @@ def measure(
                     rows.append({"target": router.label, "failed": f"did not start: {exc}"[:300]})
                     continue
                 try:
+                    wait_serving(proc.url, mode)
+                    cpu_before = cpu_seconds(proc.pid)
                     row = {"target": router.label, **load(proc.url, mode)}
+                    row["cpu_us_per_request"] = (
+                        (cpu_seconds(proc.pid) - cpu_before) / row["requests"] * 1e6 if row.get("requests") else None
+                    )
                     row["peak_rss_mib"] = peak_rss_mib(proc.pid)
                 except (OSError, ValueError, subprocess.SubprocessError) as exc:
                     row = {"target": router.label, "failed": f"{type(exc).__name__}: {exc}"[:300]}
@@ -368,7 +398,7 @@ def _ratio(value: float) -> str:
 
 def format_rows(mode: str, rows: list[dict[str, Any]], pd: bool = False) -> str:
     header = (
-        f"{'target':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'timeouts':>9}{'RSS MiB':>9}"
+        f"{'target':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'timeouts':>9}{'RSS MiB':>9}{'CPU us/req':>11}"
         "  vs best peer: req/s, p50, p99"
     )
     lines = [f"== {mode}{' (P/D)' if pd else ''} ==", header, "-" * len(header)]
@@ -377,8 +407,9 @@ def format_rows(mode: str, rows: list[dict[str, Any]], pd: bool = False) -> str:
             lines.append(f"{r['target']:<28} {'skipped' if 'skipped' in r else 'failed'}: {r.get('skipped') or r.get('failed')}")
             continue
         rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+        cpu = "-" if r.get("cpu_us_per_request") is None else f"{r['cpu_us_per_request']:.0f}"
         ratios = ", ".join(_ratio(r[f"{k}_vs_best_peer"]) for k in ("rps", "p50", "p99"))
-        numbers = f"{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}{r['timeouts']:>9}{rss:>9}"
+        numbers = f"{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}{r['timeouts']:>9}{rss:>9}{cpu:>11}"
         lines.append(f"{r['target']:<28}{numbers}  {ratios}")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 
@@ -28,7 +29,7 @@ Requests/sec:   1000.50
 
 def test_parse_wrk_reads_rate_latencies_errors_and_timeouts_apart():
     row = parse_wrk(WRK_OUTPUT)
-    assert row == {"rps": 1000.5, "p50_ms": pytest.approx(0.812), "p99_ms": 1200.0, "errors": 11, "timeouts": 4}
+    assert row == {"rps": 1000.5, "p50_ms": pytest.approx(0.812), "p99_ms": 1200.0, "errors": 11, "timeouts": 4, "requests": 1000}
 
 
 def test_parse_wrk_rejects_output_without_a_rate():
@@ -121,3 +122,27 @@ def test_our_router_from_another_checkout_is_labelled_by_it_and_not_a_peer(tmp_p
     assert rows[0]["rps_vs_best_peer"] == 2.25  # measured against smg, not against itself
     with pytest.raises(ValueError, match="only our router"):
         parse_router("smg@/x:round_robin")
+
+
+def test_cpu_seconds_counts_a_process_and_its_children() -> None:
+    """The CPU column reads /proc: a child that burns CPU shows in its parent's tree."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from benchmarks.router_overhead import cpu_seconds
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while cpu_seconds(parent.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cpu_seconds(parent.pid) >= 0.3
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)  # the child too: nothing outlives the test
+        parent.wait()

@@ -88,7 +88,7 @@ def test_parse_wrk_output():
 Requests/sec:  11136.12
 """
     parsed = parse_wrk(sample)
-    assert parsed == {"rps": 11136.12, "p50_ms": 2.76, "p99_ms": 14.41, "errors": 7, "timeouts": 1}
+    assert parsed == {"rps": 11136.12, "p50_ms": 2.76, "p99_ms": 14.41, "errors": 7, "timeouts": 1, "requests": 33408}
     assert parse_wrk(sample.replace("2.76ms", "900us"))["p50_ms"] == 0.9
 
 
