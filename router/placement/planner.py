@@ -125,6 +125,7 @@ class Planner:
         prefill_candidates = self._prefill_candidates(request, pool, now)
         decode_candidates = self._candidates(Role.DECODE, request, pool, now)
         decode, decode_reason = self._select(Role.DECODE, decode_candidates, request)
+        prefill_candidates = _on_transport(prefill_candidates, decode.worker)
         decision = self.disagg.decide(
             prompt_tokens=request.prompt_tokens,
             cached_tokens=decode.cached_tokens,
@@ -133,6 +134,12 @@ class Planner:
         )
         if decision.decision != PAIR:
             return Single(decode.worker, decode_reason, decision)
+        if not prefill_candidates.workers:
+            raise NoHealthyPrefillError(
+                f"no prefill worker{_for_model(request.model)} speaks decode worker {decode.worker.url}'s transport "
+                f"({decode.worker.transport.value}): a pair's legs must both be http:// or both grpc://; "
+                "register the model's prefill and decode workers with one scheme"
+            )
         prefill, prefill_reason = self._select(Role.PREFILL, prefill_candidates, request)
         return Pair(prefill.worker, decode.worker, prefill_reason, decode_reason, decision)
 
@@ -174,10 +181,22 @@ class Planner:
         return filter_overloaded(fresh or available, self.load, role.value)
 
 
+def _on_transport(candidates: Filtered, decode: Worker) -> Filtered:
+    """The prefill candidates that speak the decode worker's transport. A pair's legs must
+    carry the same prompt: a gRPC leg sends the router's token ids, an HTTP engine
+    tokenizes the body itself, and decode's KV must be for exactly the prompt it runs."""
+    same = [w for w in candidates.workers if w.transport is decode.transport]
+    return candidates if len(same) == len(candidates.workers) else Filtered(same, candidates.reason)
+
+
+def _for_model(model: str | None) -> str:
+    return f" for model {model!r}" if model is not None else ""
+
+
 def _unavailable(role: Role, model: str | None, serving: list[Worker], now: float) -> PlacementError:
     """The pool's error, saying why each worker is out and when to try again."""
     error = _POOL_ERRORS[role]
-    for_model = f" for model {model!r}" if model is not None else ""
+    for_model = _for_model(model)
     if not serving:
         return error(
             f"no {role.value} worker is registered{for_model}; add one with "

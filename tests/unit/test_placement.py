@@ -163,3 +163,19 @@ def test_removal_and_eviction_reach_the_pool_policies() -> None:
 def test_known_models_unions_discovered_models() -> None:
     fleet = [worker(1, models=("a", "b")), worker(2, models=("b", "c")), worker(3, models=())]
     assert known_models(fleet) == {"a", "b", "c"}
+
+
+def test_a_pair_never_mixes_transports() -> None:
+    """A gRPC decode worker gets a gRPC prefill worker, whatever the prefill policy's turn."""
+    http_prefill = worker(1, Role.PREFILL)
+    grpc_prefill = Worker("grpc://127.0.0.1:2", role=Role.PREFILL, models=frozenset({"m"}))
+    grpc_decode = Worker("grpc://127.0.0.1:3", role=Role.DECODE, models=frozenset({"m"}))
+    planner = rr_planner()
+    plans = [planner.plan(req(), [http_prefill, grpc_prefill, grpc_decode], pd=True, now=0.0) for _ in range(4)]
+    assert all(isinstance(p, Pair) and p.prefill is grpc_prefill for p in plans)
+
+
+def test_no_prefill_on_the_decode_workers_transport_says_to_use_one_scheme() -> None:
+    grpc_decode = Worker("grpc://127.0.0.1:3", role=Role.DECODE, models=frozenset({"m"}))
+    with pytest.raises(NoHealthyPrefillError, match="must both be http:// or both grpc://"):
+        rr_planner().plan(req(), [worker(1, Role.PREFILL), grpc_decode], pd=True, now=0.0)
