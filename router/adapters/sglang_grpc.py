@@ -32,7 +32,6 @@ Conversions are pure functions (unit-tested against the published proto, no serv
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -40,13 +39,12 @@ from dataclasses import dataclass
 
 import grpc.aio
 import orjson
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2, sglang_scheduler_pb2_grpc
 
-from router.adapters.base import LegFailure
-from router.adapters.vllm_grpc import rpc_failure
+from router.adapters.grpc_generation import complete_from_proto, generation_chunks, health_reason, rpc_failure
 from router.errors import ApiError, InvalidGenerationRequest
-from router.generation.types import FinishReason, GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
+from router.generation.types import GenerationChunk, GenerationRequest, SamplingParams
 from router.workers.worker import Worker
 
 logger = logging.getLogger("atom_mesh.grpc")
@@ -65,8 +63,6 @@ NEUTRAL_SAMPLING: Mapping[str, float] = {
 }
 # Where a worker's `ModelFacts` are kept once read (`Worker.engine_info`).
 MODEL_FACTS_KEY = "model"
-
-_FINISH_REASONS: frozenset[str] = frozenset(("stop", "length", "abort"))
 
 
 # -- GenerationRequest -> proto --------------------------------------------------------------
@@ -170,54 +166,6 @@ def generate_request(req: GenerationRequest, defaults: Mapping[str, float]) -> s
     )
 
 
-# -- proto -> GenerationChunk ------------------------------------------------------------------
-
-
-def logprobs_from_proto(msg: sglang_scheduler_pb2.OutputLogProbs) -> tuple[TokenLogprob, ...]:
-    tops = list(msg.top_logprobs)
-    out = []
-    for i, (token_id, logprob) in enumerate(zip(msg.token_ids, msg.token_logprobs, strict=True)):
-        top = tops[i] if i < len(tops) else None
-        out.append(
-            TokenLogprob(
-                token_id=token_id,
-                logprob=logprob,
-                top=tuple(zip(top.token_ids, top.values, strict=True)) if top is not None else (),
-            )
-        )
-    return tuple(out)
-
-
-def chunk_from_proto(msg: sglang_scheduler_pb2.GenerateStreamChunk, want_logprobs: bool) -> GenerationChunk:
-    """A stream chunk: the new tokens and the counts."""
-    return GenerationChunk(
-        token_ids=tuple(msg.token_ids),
-        prompt_tokens=msg.prompt_tokens,
-        completion_tokens=msg.completion_tokens,
-        cached_tokens=msg.cached_tokens,
-        logprobs=logprobs_from_proto(msg.output_logprobs) if want_logprobs else None,
-    )
-
-
-def complete_from_proto(
-    msg: sglang_scheduler_pb2.GenerateComplete, *, streamed: bool, want_logprobs: bool
-) -> GenerationChunk:
-    """The final message. In a stream it repeats the last chunk's tokens, so they are
-    dropped there; a non-streamed answer's tokens and logprobs are all here."""
-    finish: FinishReason = msg.finish_reason if msg.finish_reason in _FINISH_REASONS else "error"
-    which = msg.WhichOneof("matched_stop")
-    matched: int | str | None = getattr(msg, which) if which else None
-    return GenerationChunk(
-        token_ids=() if streamed else tuple(msg.output_ids),
-        prompt_tokens=msg.prompt_tokens,
-        completion_tokens=msg.completion_tokens,
-        cached_tokens=msg.cached_tokens,
-        logprobs=(() if streamed else logprobs_from_proto(msg.output_logprobs)) if want_logprobs else None,
-        finish_reason=finish,
-        matched_stop=matched,
-    )
-
-
 # -- the client ------------------------------------------------------------------------------
 
 
@@ -232,13 +180,7 @@ class SglangGrpcClient:
     async def health(self, timeout_secs: float) -> str:
         """"" when grpc.health.v1 says the scheduler service is SERVING (the servicer also
         reports a stalled scheduler as NOT_SERVING there), else a short reason (never raises)."""
-        try:
-            reply = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=timeout_secs)
-        except grpc.aio.AioRpcError as err:
-            return f"gRPC health of {self.worker.url}: {err.code().name}: {err.details()}"
-        if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            return f"gRPC health of {self.worker.url}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
-        return ""
+        return await health_reason(self._health, SERVICE, self.worker.url, timeout_secs)
 
     async def model_info(self, timeout_secs: float) -> sglang_scheduler_pb2.GetModelInfoResponse:
         return await self._stub.GetModelInfo(sglang_scheduler_pb2.GetModelInfoRequest(), timeout=timeout_secs)
@@ -271,38 +213,14 @@ class SglangGrpcClient:
             self.worker.engine_info[MODEL_FACTS_KEY] = cached
         return ModelFacts(**cached)
 
-    async def generate(self, req: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
-        """The engine's answer as chunks; the last has `finish_reason`.
+    def generate(self, req: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """The engine's answer as chunks (`grpc_generation.generation_chunks`: errors,
+        cancellation and `Abort` there), after the prompt ids are checked against the
+        model's vocabulary (the scheduler dies on an id outside it)."""
 
-        Raises `LegFailure` (worker down, retryable) or `ApiError` (the engine refused the
-        request) from the first message on; closing the iterator before the end cancels
-        the call and aborts the request on the engine.
-        """
-        facts = await self.model_facts()
-        check_input_ids(req.input_ids, facts.vocab_size)
-        message = generate_request(req, facts.sampling_defaults)
-        call = self._stub.Generate(message)
-        want_logprobs = req.sampling.logprobs is not None
-        finished = False
-        generated = 0  # counted here, as for vLLM: a stream's chunks each carry their delta
-        try:
-            async for msg in call:
-                which = msg.WhichOneof("response")
-                if which == "chunk":
-                    chunk = chunk_from_proto(msg.chunk, want_logprobs)
-                    generated += len(chunk.token_ids)
-                    yield dataclasses.replace(chunk, completion_tokens=generated)
-                elif which == "complete":
-                    finished = True
-                    done = complete_from_proto(msg.complete, streamed=req.stream, want_logprobs=want_logprobs)
-                    yield dataclasses.replace(done, completion_tokens=generated) if req.stream else done
-                    return
-        except grpc.aio.AioRpcError as err:
-            finished = True  # the engine ended the call itself
-            raise rpc_failure(self.worker, err) from None
-        finally:
-            if not finished:
-                call.cancel()
-                await asyncio.shield(self.abort(req.request_id))
-        raise LegFailure(self.worker, f"worker {self.worker.url} ended the stream without a final message")
+        async def start() -> grpc.aio.UnaryStreamCall:
+            facts = await self.model_facts()
+            check_input_ids(req.input_ids, facts.vocab_size)
+            return self._stub.Generate(generate_request(req, facts.sampling_defaults))
 
+        return generation_chunks(start, self.worker, req, complete_from_proto, self.abort)

@@ -21,7 +21,6 @@ engine frees the request even if the cancellation raced its admission.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncGenerator
@@ -30,18 +29,16 @@ from typing import Any
 import grpc
 import grpc.aio
 import orjson
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2, vllm_engine_pb2_grpc
 
+from router.adapters import grpc_generation
 from router.adapters.base import LegFailure
-from router.errors import ApiError
-from router.generation.types import FinishReason, GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
+from router.adapters.grpc_generation import generation_chunks, health_reason
+from router.generation.types import GenerationChunk, GenerationRequest, SamplingParams
 from router.workers.worker import Worker
 
 logger = logging.getLogger("atom_mesh.grpc")
-
-_FINISH_REASONS: frozenset[str] = frozenset(("stop", "length", "abort", "error"))
-
 
 # -- GenerationRequest -> proto --------------------------------------------------------------
 
@@ -84,51 +81,13 @@ def generate_request(req: GenerationRequest) -> vllm_engine_pb2.GenerateRequest:
 # -- proto -> GenerationChunk ------------------------------------------------------------------
 
 
-def logprobs_from_proto(msg: vllm_engine_pb2.OutputLogProbs) -> tuple[TokenLogprob, ...]:
-    tops = list(msg.top_logprobs)
-    out = []
-    for i, (token_id, logprob) in enumerate(zip(msg.token_ids, msg.token_logprobs, strict=True)):
-        top = tops[i] if i < len(tops) else None
-        out.append(
-            TokenLogprob(
-                token_id=token_id,
-                logprob=logprob,
-                top=tuple(zip(top.token_ids, top.values, strict=True)) if top is not None else (),
-            )
-        )
-    return tuple(out)
-
-
-def chunk_from_proto(msg: vllm_engine_pb2.GenerateStreamChunk, want_logprobs: bool) -> GenerationChunk:
-    """A stream chunk: the new tokens and running counts."""
-    return GenerationChunk(
-        token_ids=tuple(msg.token_ids),
-        prompt_tokens=msg.prompt_tokens,
-        completion_tokens=msg.completion_tokens,
-        cached_tokens=msg.cached_tokens,
-        logprobs=logprobs_from_proto(msg.output_logprobs) if want_logprobs else None,
-    )
-
-
-def complete_from_proto(msg: vllm_engine_pb2.GenerateComplete, *, streamed: bool, want_logprobs: bool) -> GenerationChunk:
-    """The final message. In a stream it repeats the last delta the chunks already carried,
-    so its tokens are dropped there; a non-streamed answer's tokens are all here."""
-    finish: FinishReason = msg.finish_reason if msg.finish_reason in _FINISH_REASONS else "error"
-    which = msg.WhichOneof("matched_stop")
-    matched: int | str | None = getattr(msg, which) if which else None
-    kv_params: dict[str, Any] | None = None
+def complete_from_proto(msg: vllm_engine_pb2.GenerateComplete, streamed: bool, want_logprobs: bool) -> GenerationChunk:
+    """The final message (`grpc_generation.complete_from_proto`), with the
+    `kv_transfer_params` a prefill leg answers with (vLLM's serial P/D)."""
+    done = grpc_generation.complete_from_proto(msg, streamed, want_logprobs)
     if msg.HasField("kv_transfer_params_json") and msg.kv_transfer_params_json:
-        kv_params = orjson.loads(msg.kv_transfer_params_json)
-    return GenerationChunk(
-        token_ids=() if streamed else tuple(msg.output_ids),
-        prompt_tokens=msg.prompt_tokens,
-        completion_tokens=msg.completion_tokens,
-        cached_tokens=msg.cached_tokens,
-        logprobs=(() if streamed else logprobs_from_proto(msg.output_logprobs)) if want_logprobs else None,
-        finish_reason=finish,
-        matched_stop=matched,
-        kv_transfer_params=kv_params,
-    )
+        return dataclasses.replace(done, kv_transfer_params=orjson.loads(msg.kv_transfer_params_json))
+    return done
 
 
 # -- vLLM's serial P/D ----------------------------------------------------------------------
@@ -164,41 +123,6 @@ def prefill_params(worker: Worker, answer: GenerationChunk) -> dict[str, Any] | 
     return answer.kv_transfer_params
 
 
-# -- gRPC status -> the router's errors ------------------------------------------------------
-
-# Codes that say the worker (not the request) failed: another worker may succeed.
-_WORKER_DOWN = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL))
-# Codes that are the request's fault, with the HTTP status the client gets.
-_CLIENT_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-
-
-# vLLM's HTTP error `type` per status (vllm/entrypoints/openai: the HTTPStatus's exception name).
-_VLLM_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 429: "TooManyRequestsError"}
-
-
-def rpc_failure(worker: Worker, err: grpc.aio.AioRpcError) -> LegFailure | ApiError:
-    """What a failed call means: `LegFailure(status=None)` for a worker that is down (the
-    dispatcher retries elsewhere and trips its breaker), an `ApiError` with the engine's
-    message for a request the engine refused (a prompt longer than the model's length ...)."""
-    code = err.code()
-    details = err.details() or code.name
-    if code in _WORKER_DOWN:
-        return LegFailure(worker, f"{worker.role.value} worker {worker.url} failed: gRPC {code.name}: {details}")
-    status = _CLIENT_STATUS.get(code, 502)
-    if status >= 500:
-        return ApiError(status, f"worker {worker.url}: gRPC {code.name}: {details}", code="upstream_error")
-    # The body vLLM's HTTP server gives for the same refusal (relayed as is for HTTP workers).
-    return ApiError(status, details, type=_VLLM_ERROR_TYPES.get(status), code=str(status))
-
-
 # -- the client ------------------------------------------------------------------------------
 
 
@@ -211,14 +135,8 @@ class VllmGrpcClient:
         self._health = health_pb2_grpc.HealthStub(channel)
 
     async def health(self, timeout_secs: float) -> str:
-        """"" when grpc.health.v1 says SERVING, else a short reason (never raises)."""
-        try:
-            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_secs)
-        except grpc.aio.AioRpcError as err:
-            return f"gRPC health of {self.worker.url}: {err.code().name}: {err.details()}"
-        if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            return f"gRPC health of {self.worker.url}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
-        return ""
+        """"" when grpc.health.v1 says the server is SERVING, else a short reason (never raises)."""
+        return await health_reason(self._health, "", self.worker.url, timeout_secs)
 
     async def model_info(self, timeout_secs: float) -> vllm_engine_pb2.GetModelInfoResponse:
         return await self._stub.GetModelInfo(vllm_engine_pb2.GetModelInfoRequest(), timeout=timeout_secs)
@@ -236,34 +154,11 @@ class VllmGrpcClient:
         except grpc.aio.AioRpcError as err:
             logger.info("abort failed", extra={"worker": self.worker.url, "reason": err.code().name})
 
-    async def generate(self, req: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
-        """The engine's answer as chunks; the last has `finish_reason`.
+    def generate(self, req: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """The engine's answer as chunks (`grpc_generation.generation_chunks`: errors,
+        cancellation and `Abort` there)."""
 
-        Raises `LegFailure` (worker down, retryable) or `ApiError` (the engine refused the
-        request) from the first message on; closing the iterator before the end cancels
-        the call and aborts the request on the engine.
-        """
-        call = self._stub.Generate(generate_request(req))
-        want_logprobs = req.sampling.logprobs is not None
-        finished = False
-        generated = 0  # a stream's messages count their own delta: the running count is ours
-        try:
-            async for msg in call:
-                which = msg.WhichOneof("response")
-                if which == "chunk":
-                    chunk = chunk_from_proto(msg.chunk, want_logprobs)
-                    generated += len(chunk.token_ids)
-                    yield dataclasses.replace(chunk, completion_tokens=generated)
-                elif which == "complete":
-                    finished = True
-                    done = complete_from_proto(msg.complete, streamed=req.stream, want_logprobs=want_logprobs)
-                    yield dataclasses.replace(done, completion_tokens=generated) if req.stream else done
-                    return
-        except grpc.aio.AioRpcError as err:
-            finished = True  # the engine ended the call itself
-            raise rpc_failure(self.worker, err) from None
-        finally:
-            if not finished:
-                call.cancel()
-                await asyncio.shield(self.abort(req.request_id))
-        raise LegFailure(self.worker, f"worker {self.worker.url} ended the stream without a final message")
+        async def start() -> grpc.aio.UnaryStreamCall:
+            return self._stub.Generate(generate_request(req))
+
+        return generation_chunks(start, self.worker, req, complete_from_proto, self.abort)

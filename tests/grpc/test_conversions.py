@@ -10,11 +10,10 @@ import pytest
 from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2
 
 from router.adapters.base import LegFailure
+from router.adapters.grpc_generation import chunk_from_proto, rpc_failure
 from router.adapters.vllm_grpc import (
-    chunk_from_proto,
     complete_from_proto,
     generate_request,
-    rpc_failure,
     sampling_to_proto,
 )
 from router.config import WorkerSpec

@@ -12,12 +12,11 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from smg_grpc_proto.generated import sglang_scheduler_pb2
 
+from router.adapters.grpc_generation import chunk_from_proto, complete_from_proto
 from router.adapters.sglang_grpc import (
     SERVICE,
     ModelFacts,
     check_input_ids,
-    chunk_from_proto,
-    complete_from_proto,
     generate_request,
     model_facts,
     parse_sampling_defaults,
