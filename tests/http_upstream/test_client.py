@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from router.transports.http_upstream import (
     ReadTimeout,
 )
 from testbed.ports import free_port
+from tests.support.tls import self_signed_cert
 
 HEADERS = {"content-type": "application/json", "x-request-id": "req-1"}
 
@@ -358,21 +357,8 @@ async def test_bad_header_value_is_refused(client: HttpUpstream) -> None:
         await client.post("http://127.0.0.1:1/x", b"{}", {"x-request-id": "a\r\nInjected: yes"})
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 async def test_https_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
     async with serving(fixed(b'{"tls":1}'), tls=server_tls) as worker:

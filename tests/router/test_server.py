@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 import sys
@@ -11,23 +10,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from testbed.ports import free_port
 from testbed.processes import ManagedProcess
-
-
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+from tests.support.tls import self_signed_cert
 
 
 def _get(url: str, **kwargs) -> tuple[int, str]:
@@ -39,7 +24,7 @@ def _get(url: str, **kwargs) -> tuple[int, str]:
 
 
 def test_tls_metrics_listener_and_clean_sigterm(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     port, metrics_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "router", "--host", "127.0.0.1", "--port", str(port),
            "--tls-cert-path", str(cert), "--tls-key-path", str(key), "--prometheus-port", str(metrics_port)]
