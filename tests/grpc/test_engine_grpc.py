@@ -11,7 +11,6 @@ Run under the heavy lock: `flock /tmp/atom-heavy.lock timeout 1200 pytest tests/
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -43,6 +42,7 @@ from tests.grpc.record_vllm_http import (
     vllm_version,
 )
 from tests.support.inprocess_router import RunningRouter, make_config, regular, running_router
+from tests.support.polling import wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -170,15 +170,6 @@ async def _running_on_engine(probe: GrpcWorkerProbe, worker: Any) -> int:
     return (await probe.load(worker, 5, time.monotonic())).running
 
 
-async def _wait_for(predicate: Any, deadline_secs: float) -> bool:
-    deadline = time.monotonic() + deadline_secs
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 async def test_client_hang_up_aborts_the_engines_request(grpc_engine: ManagedProcess, model: str) -> None:
     body = {"model": model, "stream": True, **greedy(PROMPTS["short"], max_tokens=1000, logprobs=None)}
     async with running_router(_token_ids_only(grpc_engine)) as router:
@@ -190,8 +181,8 @@ async def test_client_hang_up_aborts_the_engines_request(grpc_engine: ManagedPro
         await resp.content.readuntil(b"\n\n")  # generating now
         assert await _running_on_engine(probe, worker) == 1
         resp.close()  # the client hangs up mid-stream
-        assert await _wait_for(lambda: _zero_running(probe, worker), 30), "the engine kept generating"
-        assert await _wait_for(lambda: _no_load(router), 10)
+        assert await wait_for(lambda: _zero_running(probe, worker), 30), "the engine kept generating"
+        assert await wait_for(lambda: _no_load(router), 10)
 
 
 async def _zero_running(probe: GrpcWorkerProbe, worker: Any) -> bool:
@@ -227,7 +218,7 @@ async def test_unknown_model_and_down_worker_get_the_http_error_bodies(grpc_engi
     for scheme in ("grpc", "http"):
         config = make_config(workers=[WorkerSpec(url=f"{scheme}://127.0.0.1:{dead}")], worker_startup_timeout_secs=0.5)
         async with running_router(config, wait_ready=False) as router:
-            assert await _wait_for(lambda r=router: _failed(r), 10)
+            assert await wait_for(lambda r=router: _failed(r), 10)
             bodies[scheme] = await _json(router, {"prompt": PROMPTS["other"], "max_tokens": 2})
     assert bodies["grpc"] == bodies["http"]
     assert bodies["grpc"][0] == 503
@@ -244,10 +235,10 @@ async def test_kv_events_over_grpc_reach_the_index(grpc_engine: ManagedProcess, 
         feed = router.service.kv_events
         assert feed is not None
         (worker,) = router.workers
-        assert await _wait_for(lambda: _subscribed(feed, worker), 10)
+        assert await wait_for(lambda: _subscribed(feed, worker), 10)
         status, _ = await _json(router, {"model": model, "prompt": prompt, "max_tokens": 2, "temperature": 0})
         assert status == 200
-        assert await _wait_for(lambda: _indexed(feed, worker, prompt), 30), "no KV event reached the index"
+        assert await wait_for(lambda: _indexed(feed, worker, prompt), 30), "no KV event reached the index"
 
 
 async def _subscribed(feed: Any, worker: Any) -> bool:
@@ -493,8 +484,8 @@ async def test_the_grpc_leg_is_a_client_span_of_the_request(grpc_engine: Managed
             return [s for s in exporter.get_finished_spans() if s.name == name]
 
         # a request span ends just after its last byte went out: wait for all three
-        assert await _wait_for(lambda: _true(len(spans_of("POST /v1/completions")) == 1), 10)
-        assert await _wait_for(lambda: _true(len(spans_of("POST /v1/chat/completions")) == 2), 10)
+        assert await wait_for(lambda: _true(len(spans_of("POST /v1/completions")) == 1), 10)
+        assert await wait_for(lambda: _true(len(spans_of("POST /v1/chat/completions")) == 2), 10)
     legs = spans_of("worker")
     assert len(legs) == 3
     requests = {s.context.span_id: s for s in spans_of("POST /v1/chat/completions") + spans_of("POST /v1/completions")}

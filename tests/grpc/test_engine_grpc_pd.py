@@ -12,11 +12,10 @@ Run under the heavy lock:
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from router.transports.grpc_worker import GrpcWorkerProbe
 from testbed.processes import ManagedProcess
 from testbed.vllm_grpc_engine import start_vllm_grpc_pd_fleet
 from tests.support.inprocess_router import RunningRouter, make_config, pd_workers, regular, running_router
+from tests.support.polling import wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -131,15 +131,6 @@ async def _running(probe: GrpcWorkerProbe, worker: Any) -> int:
     return (await probe.load(worker, 5, time.monotonic())).running
 
 
-async def _wait_for(predicate: Callable[[], Awaitable[bool]], deadline_secs: float) -> bool:
-    deadline = time.monotonic() + deadline_secs
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 async def test_client_hang_up_during_a_pd_stream_leaves_both_engines_idle(
     engines: list[ManagedProcess], tiny_llama: Path
 ) -> None:
@@ -158,14 +149,14 @@ async def test_client_hang_up_during_a_pd_stream_leaves_both_engines_idle(
         async def decoding() -> bool:
             return await _running(probe, workers[_url(decode)]) == 1
 
-        assert await _wait_for(decoding, 20), "GetLoads never showed the decode engine running the request"
+        assert await wait_for(decoding, 20), "GetLoads never showed the decode engine running the request"
         resp.close()  # the client hangs up mid-stream
 
         async def idle() -> bool:
             return all([await _running(probe, w) == 0 for w in workers.values()])
 
-        assert await _wait_for(idle, 30), "an engine kept the request running"
-        assert await _wait_for(lambda: _no_load(router), 10)
+        assert await wait_for(idle, 30), "an engine kept the request running"
+        assert await wait_for(lambda: _no_load(router), 10)
     # The router's Abort reached the decode engine (its servicer logs each one).
     assert f"Abort requests: ['{request_id}']" in decode.log_text()
 
@@ -215,7 +206,7 @@ async def test_kv_aware_chats_sharing_a_long_system_prompt_go_to_the_worker_hold
         async def subscribed() -> bool:
             return all(wid in feed.subscriptions for wid in ids.values())
 
-        assert await _wait_for(subscribed, 10), "the router never subscribed to both engines' KV events"
+        assert await wait_for(subscribed, 10), "the router never subscribed to both engines' KV events"
         before = {url: _metric(await _metrics(router), "atom_mesh_kv_indexed_blocks", worker_id=wid) for url, wid in ids.items()}
         async with await router.post(ROUTES["chat"], chat("What runs first?")) as resp:
             assert resp.status == 200, await resp.text()
@@ -225,7 +216,7 @@ async def test_kv_aware_chats_sharing_a_long_system_prompt_go_to_the_worker_hold
             blocks = _metric(await _metrics(router), "atom_mesh_kv_indexed_blocks", worker_id=ids[holder])
             return blocks >= before[holder] + 2
 
-        assert await _wait_for(indexed, 30), "the holder's blocks of the chat never reached the router's index"
+        assert await wait_for(indexed, 30), "the holder's blocks of the chat never reached the router's index"
         hits_before = _metric(await _metrics(router), "atom_mesh_placements_total", policy="kv_aware", reason="kv_hit")
         for question in ("And then?", "Which worker decodes?", "How long does the cache live?", "Why two hops?"):
             async with await router.post(ROUTES["chat"], chat(question)) as resp:

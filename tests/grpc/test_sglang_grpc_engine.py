@@ -8,7 +8,6 @@ Run under the heavy lock: `flock /tmp/atom-heavy.lock timeout 900 pytest tests/g
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from testbed.processes import ManagedProcess
 from testbed.sglang_grpc_engine import sglang_grpc_available, start_sglang_grpc
 from tests.grpc.record_sglang_references import MODEL, OUT, PROMPTS
 from tests.support.inprocess_router import RunningRouter, make_config, regular, running_router
+from tests.support.polling import wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -139,15 +139,6 @@ async def test_with_the_routers_tokenizer_chat_and_text_equal_sglang_http(
         assert ours["logprobs"]["token_logprobs"] == pytest.approx(ref["logprobs"]["token_logprobs"], abs=1e-4)
 
 
-async def _wait_for(predicate: Any, deadline_secs: float) -> bool:
-    deadline = time.monotonic() + deadline_secs
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 async def test_client_hang_up_aborts_the_schedulers_request(sglang_grpc: ManagedProcess, tiny_llama: Path) -> None:
     body = {"model": str(tiny_llama), "prompt": PROMPTS["short"], "max_tokens": 1500, "temperature": 0, "ignore_eos": True}
     async with running_router(make_config(workers=regular(_url(sglang_grpc)))) as router:
@@ -161,10 +152,10 @@ async def test_client_hang_up_aborts_the_schedulers_request(sglang_grpc: Managed
         resp = await router.post("/v1/completions", {**body, "stream": True})
         assert resp.status == 200
         await resp.content.readuntil(b"\n\n")  # generating now
-        assert await _wait_for(lambda: running(1), 10), "the scheduler never reported the request running"
+        assert await wait_for(lambda: running(1), 10), "the scheduler never reported the request running"
         resp.close()  # the client hangs up mid-stream
-        assert await _wait_for(lambda: running(0), 30), "the scheduler kept generating"
-        assert await _wait_for(lambda: _no_load(router), 10)
+        assert await wait_for(lambda: running(0), 30), "the scheduler kept generating"
+        assert await wait_for(lambda: _no_load(router), 10)
 
 
 async def _no_load(router: RunningRouter) -> bool:
@@ -218,7 +209,7 @@ async def test_kv_events_over_grpc_reach_the_index(sglang_grpc: ManagedProcess, 
             matched, _ = feed.index.matched_blocks(prompt, [worker.worker_id])
             return matched.get(worker.worker_id, 0) > 0
 
-        assert await _wait_for(subscribed, 10)
+        assert await wait_for(subscribed, 10)
         status, _ = await _post(router, "/v1/completions", {"model": str(tiny_llama), "prompt": prompt, "max_tokens": 2})
         assert status == 200
-        assert await _wait_for(indexed, 30), "no KV event reached the index"
+        assert await wait_for(indexed, 30), "no KV event reached the index"
