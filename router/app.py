@@ -37,6 +37,7 @@ from router.admin import admin_routes
 from router.admission import AdmissionCollector, AdmissionController
 from router.auth import Authenticator, AuthMiddleware
 from router.config import RouterConfig
+from router.decisions import LocalDecisions
 from router.discovery.service import DiscoveryService
 from router.dispatch import Dispatcher, create_upstream
 from router.drain import Drain
@@ -147,8 +148,10 @@ class RouterService:
         self._rng = rng
         # Graceful shutdown (router.server drives it): readiness and the inference path read it.
         self.drain = Drain()
+        # Admission, placement with its load hold, breaker outcomes: in this process.
+        self.decisions = LocalDecisions(self.admission, self.place, self.manager.clock)
         self.inference = InferencePath(
-            config, self.tokenizers, self.admission, self.metrics, self.registry, self.place, self.drain, self.tracer
+            config, self.tokenizers, self.decisions, self.metrics, self.registry, self.drain, self.tracer
         )
         self.upstream: HttpUpstream | None = None
         self.adapter: Adapter | None = None
@@ -165,10 +168,9 @@ class RouterService:
         self.manager.add_registration_hook(lambda worker, _session: adapter.prepare_worker(worker))
         self.inference.dispatcher = Dispatcher(
             adapter,
-            self.place,
+            self.decisions,
             self.config,
             self.metrics,
-            clock=self.manager.clock,
             rng=self._rng,
             tracer=self.tracer,
             grpc=grpc_leg(self.grpc_channels, self.tokenizers, self.tracer),

@@ -2,13 +2,14 @@
 
 One pooled upstream client (`router.transports.http_upstream`, created at app start,
 closed at shutdown) carries every HTTP leg; grpc:// workers take the gRPC leg. An
-attempt = place -> take load -> adapter legs -> status check. While nothing has reached
+attempt = place (holding load) -> adapter legs -> status check. While nothing has reached
 the client, connection errors and retryable statuses are retried with exponential
 backoff and jitter, each time re-placed with the failed workers in `request.excluded`
 (for P/D, another pair; a failed decode-only attempt may come back as a pair and a
 failed pair as decode-only, see `router.placement.disagg_decider`). Every ending path
 (success, upstream error, client disconnect, cancellation, timeout) releases the
-`LoadGuard`, and every outcome is recorded on the worker's circuit breaker.
+load the placement holds, and every outcome goes to the worker's circuit breaker
+(both through `router.decisions`, in this process or the coordinator's).
 
 The result is a `Reply`: a complete body, or a live stream the app relays chunk by chunk.
 A stream that breaks later cannot be retried (bytes already went out); the app turns it
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 from router.adapters.base import Adapter, LegFailure, Upstream
 from router.adapters.vllm import VllmAdapter
 from router.config import RouterConfig
+from router.decisions import Decisions, Held, Placement
 from router.errors import ApiError, PlacementError
-from router.load_guard import LoadGuard
 from router.metrics import RouterMetrics
-from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single
+from router.placement.types import Pair, PlacementPlan, RequestDescriptor, Single, plan_workers
 from router.prepare import PreparedRequest
 from router.render import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE
 from router.tracing import OFF, Tracer
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("atom_mesh.dispatch")
 
-Place = Callable[[RequestDescriptor], PlacementPlan]
-
 def create_upstream(config: RouterConfig) -> HttpUpstream:
     """The router's one client for inference legs: keep-alive pools per worker, no
     total timeout (dispatch enforces `request_timeout_secs` itself, streams included),
@@ -57,10 +55,6 @@ def create_upstream(config: RouterConfig) -> HttpUpstream:
         max_idle_per_origin=u.max_idle_connections_per_worker,
         idle_timeout_secs=u.idle_timeout_secs,
     )
-
-
-def plan_workers(plan: PlacementPlan) -> tuple[Worker, ...]:
-    return (plan.worker,) if isinstance(plan, Single) else (plan.prefill, plan.decode)
 
 
 def plan_transport(plan: PlacementPlan) -> Transport:
@@ -104,7 +98,7 @@ class Reply:
     upstream: Upstream | None = None
     # A stream rendered by the router itself (a gRPC worker's answer), instead of `upstream`.
     rendered: AsyncGenerator[bytes, None] | None = None
-    guard: LoadGuard | None = None
+    guard: Held | None = None
     deadline: float = 0.0
     on_stream_failure: Callable[[Worker], None] = field(default=lambda _w: None, repr=False)
     _complete: bool = False
@@ -174,11 +168,10 @@ class Dispatcher:
     def __init__(
         self,
         adapter: Adapter,
-        place: Place,
+        decisions: Decisions,
         config: RouterConfig,
         metrics: RouterMetrics,
         *,
-        clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         tracer: Tracer = OFF,
         grpc: GrpcLeg | None = None,
@@ -187,10 +180,9 @@ class Dispatcher:
         self.tracer = tracer
         # The leg for grpc:// workers (None: the router has none configured).
         self.grpc = grpc
-        self.place = place
+        self.decisions = decisions
         self.config = config
         self.metrics = metrics
-        self.clock = clock
         self.rng = rng or random.Random(config.seed)
         self._retryable = frozenset(config.retry.retryable_statuses)
 
@@ -200,11 +192,12 @@ class Dispatcher:
         base = min(r.initial_backoff_ms * r.backoff_multiplier ** (retry - 1), r.max_backoff_ms) / 1000
         return max(0.0, base * (1 + r.jitter_factor * self.rng.uniform(-1, 1)))
 
-    async def run(self, request: PreparedRequest, plan: PlacementPlan) -> Reply:
-        """Send `request` along `plan`, retrying while nothing reached the client.
+    async def run(self, request: PreparedRequest, placement: Placement) -> Reply:
+        """Send `request` along `placement`, retrying while nothing reached the client.
 
-        The first attempt takes the caller's plan (placement is a pipeline stage of its
-        own); each retry is placed anew, away from the workers that failed.
+        The first attempt takes the caller's placement (a pipeline stage of its own; its
+        load hold is released here on every path); each retry is placed anew, away from
+        the workers that failed.
         Raises `ApiError` for every failure (placement, upstream, timeout), so the caller
         has exactly one error path.
         """
@@ -213,10 +206,10 @@ class Dispatcher:
         current: list[PlacementPlan] = []  # the plan of the attempt in progress
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._attempts(request, plan, deadline, current)
+                return await self._attempts(request, placement, deadline, current)
         except TimeoutError:
             for worker in plan_workers(current[-1]) if current else ():
-                worker.breaker.record_failure(self.clock())  # a hung worker is a failing one
+                self.decisions.failed(worker)  # a hung worker is a failing one
             raise ApiError(
                 504,
                 f"no answer within {self.config.request_timeout_secs:g}s; the worker may be overloaded or hung "
@@ -225,7 +218,7 @@ class Dispatcher:
             ) from None
 
     async def _attempts(
-        self, request: PreparedRequest, first: PlacementPlan, deadline: float, current: list[PlacementPlan]
+        self, request: PreparedRequest, first: Placement, deadline: float, current: list[PlacementPlan]
     ) -> Reply:
         descriptor = request.descriptor
         retry_cfg = self.config.retry
@@ -234,18 +227,22 @@ class Dispatcher:
         last_error: ApiError | None = None
         for attempt in range(attempts):
             if attempt:
-                await asyncio.sleep(self.backoff_secs(attempt))
                 try:
-                    plan = self.place(descriptor)
+                    await asyncio.sleep(self.backoff_secs(attempt))
+                    placement = await self.decisions.place(descriptor)
                 except PlacementError:
                     assert last_error is not None  # only retries re-place, after a failure
                     raise last_error from None  # nothing else to try: the upstream error is the cause
-                self.tracer.retry(attempt, plan)
+                self.tracer.retry(attempt, placement.plan)
             else:
-                plan = first
-            self._record_placement(plan)
+                placement = first
+            plan, guard = placement.plan, placement.hold
+            try:
+                self._record_placement(plan)
+            except BaseException:
+                guard.release()
+                raise
             current.append(plan)
-            guard = LoadGuard(plan_workers(plan), descriptor.estimated_tokens)
             try:
                 reply = await self._attempt(plan, request, headers, guard, deadline)
             except _Retryable as exc:
@@ -272,7 +269,7 @@ class Dispatcher:
         plan: PlacementPlan,
         request: PreparedRequest,
         headers: dict[str, str],
-        guard: LoadGuard,
+        guard: Held,
         deadline: float,
     ) -> Reply:
         if plan_transport(plan) is Transport.GRPC:
@@ -317,7 +314,7 @@ class Dispatcher:
             return Reply(status, JSON_CONTENT_TYPE, names, body=ApiError.from_upstream(status, body, upstream.worker.url).body())
         return Reply(status, content_type, names, body=body)
 
-    async def _grpc_attempt(self, plan: PlacementPlan, request: PreparedRequest, guard: LoadGuard, deadline: float) -> Reply:
+    async def _grpc_attempt(self, plan: PlacementPlan, request: PreparedRequest, guard: Held, deadline: float) -> Reply:
         """One attempt on gRPC workers: the same retry and breaker rules as HTTP legs (a
         worker that is down, prefill or decode, is retried elsewhere; a refused request is
         the client's 4xx). A `Pair` runs vLLM's serial P/D (`GrpcLeg.answering_request`)."""
@@ -351,7 +348,7 @@ class Dispatcher:
         except ApiError as err:  # the answering engine refused the request
             if err.status in self._retryable:
                 raise _Retryable(answering, err, str(err.status)) from None
-            answering.breaker.record_success()  # the request's fault, not the worker's
+            self.decisions.succeeded(answering)  # the request's fault, not the worker's
             raise
         self._succeeded(plan)
         guard.release()
@@ -363,7 +360,7 @@ class Dispatcher:
         request's fault, not the worker's: its breaker counts a success)."""
         if exc.status is None or exc.status in self._retryable:
             return _Retryable(exc.worker, _leg_error(exc), "connect" if exc.status is None else str(exc.status))
-        exc.worker.breaker.record_success()
+        self.decisions.succeeded(exc.worker)
         return _leg_error(exc)
 
     def _record_placement(self, plan: PlacementPlan) -> None:
@@ -392,10 +389,10 @@ class Dispatcher:
 
     def _succeeded(self, plan: PlacementPlan) -> None:
         for worker in plan_workers(plan):
-            worker.breaker.record_success()
+            self.decisions.succeeded(worker)
 
     def _failed(self, worker: Worker, descriptor: RequestDescriptor) -> None:
-        worker.breaker.record_failure(self.clock())
+        self.decisions.failed(worker)
         descriptor.excluded.add(worker.worker_id)
         self.metrics.child(self.metrics.upstream_failures, worker.url, worker.role.value).inc()
         logger.warning("upstream failed", extra={"worker": worker.url, "role": worker.role.value})

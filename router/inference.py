@@ -18,20 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
 from starlette.types import Receive, Scope, Send
 
-from router.admission import AdmissionController, Slot
 from router.config import RouterConfig
+from router.decisions import Decisions, Held, Placement
 from router.dispatch import Dispatcher, Reply
 from router.drain import Drain
 from router.errors import ApiError, ShuttingDown
 from router.logging_setup import request_id_var
 from router.metrics import RouterMetrics
-from router.placement.types import PlacementPlan, RequestDescriptor
 from router.prepare import PreparedRequest, payload_too_large, prepare_request_async
 from router.render import SSE_CONTENT_TYPE, Headers, StreamWriter, header_list, send_body, send_error
 from router.sse import SseEventCounter
@@ -53,19 +51,17 @@ class InferencePath:
         self,
         config: RouterConfig,
         tokenizer: ModelTokenizers,
-        admission: AdmissionController,
+        decisions: Decisions,
         metrics: RouterMetrics,
         registry: WorkerRegistry,
-        place: Callable[[RequestDescriptor], PlacementPlan],
         drain: Drain,
         tracer: Tracer = OFF,
     ) -> None:
         self._config = config
         self._drain = drain
         self._tracer = tracer
-        self._planner = place
+        self._decisions = decisions
         self._tokenizer = tokenizer
-        self._admission = admission
         self._metrics = metrics
         self._registry = registry
         self.dispatcher: Dispatcher | None = None
@@ -98,9 +94,9 @@ class InferencePath:
             model = self._model_label(prepared.descriptor.model)
             async with self._admitted(), HangUpWatch(receive, writer) as client:
                 with trace.step("place") as step:
-                    plan = self._place(prepared)
-                    step.placed(plan)
-                reply = await self._dispatch(prepared, plan)
+                    placement = await self._place(prepared)
+                    step.placed(placement.plan)
+                reply = await self._dispatch(prepared, placement)
                 with trace.step("render") as step:
                     status = await self._render(prepared, reply, send, writer, started, step)
             if client.left:
@@ -132,17 +128,18 @@ class InferencePath:
         )
 
     def _admitted(self) -> _Admitted:
-        return _Admitted(self._admission)
+        return _Admitted(self._decisions)
 
-    def _place(self, prepared: PreparedRequest) -> PlacementPlan:
+    async def _place(self, prepared: PreparedRequest) -> Placement:
         """Where the first attempt runs; a `PlacementError` is the client's 404/503."""
-        return self._planner(prepared.descriptor)
+        return await self._decisions.place(prepared.descriptor)
 
-    async def _dispatch(self, prepared: PreparedRequest, plan: PlacementPlan) -> Reply:
-        """Send the request along `plan`; the dispatcher re-places each retry itself."""
+    async def _dispatch(self, prepared: PreparedRequest, placement: Placement) -> Reply:
+        """Send the request along `placement` (which owns its load hold from here on);
+        the dispatcher re-places each retry itself."""
         assert self.dispatcher is not None
         try:
-            return await self.dispatcher.run(prepared, plan)
+            return await self.dispatcher.run(prepared, placement)
         except ApiError:
             raise
         except Exception:  # a bug, not bad input or a bad upstream: still one clean answer
@@ -190,14 +187,14 @@ class _Admitted:
     """Holds an admission slot for the block; a refusal (`AdmissionRejected`, an
     `ApiError`) propagates as the client's 429/503."""
 
-    __slots__ = ("_admission", "_slot")
+    __slots__ = ("_decisions", "_slot")
 
-    def __init__(self, admission: AdmissionController) -> None:
-        self._admission = admission
-        self._slot: Slot | None = None
+    def __init__(self, decisions: Decisions) -> None:
+        self._decisions = decisions
+        self._slot: Held | None = None
 
     async def __aenter__(self) -> None:
-        self._slot = await self._admission.acquire()
+        self._slot = await self._decisions.admit()
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._slot is not None

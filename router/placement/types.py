@@ -87,3 +87,8 @@ class Pair:
 
 
 PlacementPlan = Single | Pair
+
+
+def plan_workers(plan: PlacementPlan) -> tuple[Worker, ...]:
+    """The workers a plan runs on: one, or prefill then decode."""
+    return (plan.worker,) if isinstance(plan, Single) else (plan.prefill, plan.decode)

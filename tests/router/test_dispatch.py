@@ -253,7 +253,7 @@ def test_backoff_grows_exponentially_within_jitter_and_cap() -> None:
     config = make_config(
         workers=[], retry=RetryConfig(initial_backoff_ms=100, backoff_multiplier=2.0, max_backoff_ms=500, jitter_factor=0.2)
     )
-    dispatcher = Dispatcher(None, lambda d: None, config, RouterMetrics())  # type: ignore[arg-type]
+    dispatcher = Dispatcher(None, None, config, RouterMetrics())  # type: ignore[arg-type]
     for retry, base in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.5), (9, 0.5)]:
         for _ in range(20):
             assert base * 0.8 <= dispatcher.backoff_secs(retry) <= base * 1.2
