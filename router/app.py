@@ -49,6 +49,8 @@ from router.placement.planner import Planner
 from router.placement.types import PlacementPlan, RequestDescriptor
 from router.policies.kv_block_index import KVBlockIndex
 from router.prepare import CHAT_ROUTE, COMPLETIONS_ROUTE
+from router.processes.metrics_merge import encode_families, merge
+from router.processes.metrics_merge import render as render_merged
 from router.render import error_response
 from router.shared_state.replica_state import ReplicaState
 from router.tokenizer import ModelTokenizers, load_tokenizer
@@ -65,6 +67,7 @@ from router.workers.worker import Role, Worker
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
+    from router.processes.coordinator_link import CoordinatorLink
     from router.transports.grpc_leg import GrpcLeg
     from router.transports.grpc_worker import GrpcWorkerProbe
 
@@ -155,6 +158,18 @@ class RouterService:
         )
         self.upstream: HttpUpstream | None = None
         self.adapter: Adapter | None = None
+        # Set when relay processes carry the data path (router.processes).
+        self._relays: CoordinatorLink | None = None
+
+    def serve_relays(self, link: CoordinatorLink) -> None:
+        """Answer relay processes' decisions through `link`: /metrics then adds their
+        samples to this process's, and each worker that registers reaches them at once."""
+        self._relays = link
+
+        async def push(_worker: Worker, _session: object) -> None:
+            link.push_table()
+
+        self.manager.add_registration_hook(push)
 
     # -- lifespan ---------------------------------------------------------------------
 
@@ -245,7 +260,10 @@ class RouterService:
             return []
 
     async def metrics_endpoint(self, _request: Request) -> Response:
-        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+        if self._relays is None:
+            return Response(self.metrics.render(), media_type=self.metrics.content_type)
+        samples = [encode_families(self.metrics.registry), *await self._relays.relay_metrics()]
+        return Response(render_merged(merge(samples)), media_type=self.metrics.content_type)
 
 
 class RouterApp(Starlette):

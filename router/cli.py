@@ -205,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
         "long to finish before they are cancelled and the router exits 0. A second signal exits at once.",
     )
 
+    c = p.add_argument_group("Cores")
+    _option(
+        c,
+        "--processes",
+        "processes",
+        help="Processes that serve requests: 0 (default) = one relay process per core, each carrying requests, "
+        "with one coordinator process making every decision (placement, admission, breakers, admin API, /metrics) "
+        "for all of them; 1 = one process does everything.",
+    )
+
     k = p.add_argument_group("Worker discovery (a watched file, Kubernetes pods)")
     _option(
         k,
@@ -437,6 +447,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         ("--disagg-min-uncached-tokens", "disagg.min_uncached_tokens"),
         ("--disagg-max-prefill-queue", "disagg.max_prefill_queue"),
         ("--shutdown-grace-period-secs", "shutdown_grace_period_secs"),
+        ("--processes", "processes"),
     ):
         if getattr(args, dest) < 0:
             raise UsageError(f"{flag} must be 0 or more, got {getattr(args, dest)}")

@@ -252,6 +252,9 @@ class RouterConfig:
     # Graceful shutdown (smg's flag): after SIGTERM/SIGINT, how long in-flight requests may
     # run on before they are cancelled and the router exits.
     shutdown_grace_period_secs: float = 180.0
+    # Processes serving requests: 0 = one per core (a coordinator owning every decision
+    # plus that many relay processes, router.processes); 1 = everything in one process.
+    processes: int = 0
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     load_monitor: LoadMonitorConfig = field(default_factory=LoadMonitorConfig)

@@ -21,11 +21,13 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -35,6 +37,8 @@ from router.app import create_app
 from router.config import RouterConfig
 from router.drain import Drain
 from router.logging_setup import configure_logging
+from router.processes.coordinator_link import CoordinatorLink
+from router.processes.supervisor import RelayProcesses, default_relay_count
 
 logger = logging.getLogger("atom_mesh.server")
 
@@ -44,9 +48,17 @@ _CANCELLED_ENDING_SECS = 5.0
 _UVICORN_SHUTDOWN_SECS = 5
 
 
-def _uvicorn_config(
-    app: Starlette, config: RouterConfig, host: str, port: int, *, lifespan: Literal["on", "off"], tls: bool = True
+def uvicorn_config(
+    app: Any,
+    config: RouterConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    lifespan: Literal["on", "off"],
+    tls: bool = True,
 ) -> uvicorn.Config:
+    """uvicorn's settings for one of the router's listeners (`host`/`port` unused when
+    it serves sockets it was given)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -70,7 +82,7 @@ def _uvicorn_config(
 _GC_THRESHOLD = (20_000, 50, 100)
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Move start-up objects (modules, the app, its config) out of the collector's sight
     (`gc.freeze`), so full collections scan only what requests create, and collect young
     objects less often."""
@@ -79,7 +91,7 @@ def _tune_gc() -> None:
     gc.set_threshold(*_GC_THRESHOLD)
 
 
-class _DrainingServer(uvicorn.Server):
+class DrainingServer(uvicorn.Server):
     """The API listener: the first SIGTERM/SIGINT drains in-flight inference requests
     before uvicorn's own shutdown (see the module docstring); a second one ends the
     process at once, by that signal."""
@@ -131,25 +143,91 @@ class _SecondaryServer(uvicorn.Server):
         yield
 
 
-async def _serve(config: RouterConfig) -> None:
+class _CoordinatorServer(DrainingServer):
+    """The coordinator's internal listener (the relays forward every route but inference
+    to it). Its shutdown first has every relay drain (SIGTERM), waits for them to exit
+    (the grace period, then the cancelled requests' endings), kills any still running,
+    and only then stops the router's state, which the relays' last requests still use."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace_secs: float, relays: RelayProcesses) -> None:
+        super().__init__(config, drain, grace_secs)
+        self._relays = relays
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self._relays.kill_now()
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._drain.begin()
+        self._relays.terminate()
+        if not await self._relays.wait(self._grace_secs + _CANCELLED_ENDING_SECS + _UVICORN_SHUTDOWN_SECS):
+            logger.warning("relay processes still running after the grace period; killing them")
+        self._relays.kill()
+        await super().shutdown(sockets)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(config: RouterConfig, relay_count: int) -> None:
     app = create_app(config)
-    _tune_gc()
-    main = _DrainingServer(
-        _uvicorn_config(app, config, config.host, config.port, lifespan="on"),
-        app.state.service.drain,
-        config.shutdown_grace_period_secs,
-    )
+    service = app.state.service
+    tune_gc()
+    if relay_count <= 1:
+        main: DrainingServer = DrainingServer(
+            uvicorn_config(app, config, config.host, config.port, lifespan="on"), service.drain, config.shutdown_grace_period_secs
+        )
+        await _with_metrics_listener(main, app, config, None)
+        return
+    # The public socket is the relays' (inherited by each); the coordinator serves its
+    # routes on a private loopback one, and answers the relays' questions on a Unix socket.
+    public = _listening_socket(config.host, config.port)
+    internal = _listening_socket("127.0.0.1", 0)
+    internal_url = f"http://127.0.0.1:{internal.getsockname()[1]}"
+    with tempfile.TemporaryDirectory(prefix="atom-router-") as scratch:
+        link = CoordinatorLink(service.decisions, service.registry)
+        service.serve_relays(link)
+        await link.start(os.path.join(scratch, "link.sock"))
+        relays = RelayProcesses(config, relay_count, public, link.path, internal_url)
+        main = _CoordinatorServer(
+            uvicorn_config(app, config, lifespan="on", tls=False), service.drain, config.shutdown_grace_period_secs, relays
+        )
+        relays.start()
+        logger.info("relay processes started", extra={"relays": relay_count, "pids": relays.pids})
+        watch = asyncio.create_task(relays.watch(), name="relay-watch")
+        try:
+            await _with_metrics_listener(main, app, config, [internal])
+        finally:
+            watch.cancel()
+            relays.terminate()
+            relays.kill()
+            await link.stop()
+            public.close()
+
+
+async def _with_metrics_listener(
+    main: DrainingServer, app: Starlette, config: RouterConfig, sockets: list[socket.socket] | None
+) -> None:
+    """Serve `main`, with the `--prometheus-port` listener beside it when configured."""
     if not config.prometheus_port:
-        await main.serve()
+        await main.serve(sockets=sockets)
         return
     metrics_app = Starlette(routes=[Route("/metrics", app.state.service.metrics_endpoint)])
     host = config.prometheus_host or config.host
     metrics = _SecondaryServer(
-        _uvicorn_config(metrics_app, config, host, config.prometheus_port, lifespan="off", tls=False)
+        uvicorn_config(metrics_app, config, host, config.prometheus_port, lifespan="off", tls=False)
     )
     metrics_task = asyncio.create_task(metrics.serve())
     try:
-        await main.serve()
+        await main.serve(sockets=sockets)
     finally:
         metrics.should_exit = True
         await metrics_task
@@ -163,5 +241,5 @@ def serve(config: RouterConfig) -> int:
     configure_logging(config.log_level, json=config.log_json)
     import uvloop
 
-    uvloop.run(_serve(config))
+    uvloop.run(_serve(config, config.processes or default_relay_count()))
     return 0

@@ -102,6 +102,8 @@ class TokenizerFetcher:
         self.cache_dir = Path(cache_dir).expanduser()
         self.generation_config = generation_config
         self._locks: dict[str, asyncio.Lock] = {}
+        # Where each model's bundle was unpacked: relay processes load it from there.
+        self._dirs: dict[str, str] = {}
 
     async def __call__(self, worker: Worker, _session: aiohttp.ClientSession) -> None:
         if worker.transport is not Transport.GRPC:
@@ -111,6 +113,8 @@ class TokenizerFetcher:
             async with lock:
                 if not self.tokenizers.has(model):
                     await self._fetch(worker, model)
+            if model in self._dirs:
+                worker.engine_info.setdefault("tokenizer_dirs", {})[model] = self._dirs[model]
 
     async def _fetch(self, worker: Worker, model: str) -> None:
         try:
@@ -126,4 +130,5 @@ class TokenizerFetcher:
             )
             return
         self.tokenizers.add(model, tokenizer)
+        self._dirs[model] = str(directory)
         logger.info("tokenizer fetched from the gRPC worker", extra={"worker": worker.url, "model": model, "dir": str(directory)})
