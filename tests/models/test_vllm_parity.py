@@ -1,67 +1,70 @@
 """Acceptance on real vLLM CPU: our implementation equals vLLM's built-in, token for token.
 
 For each tiny random-weight model (Llama, Qwen3 with tied embeddings, Qwen3-MoE) the
-built-in implementation and ours (selected with `--hf-overrides`) serve the same batch
+built-in implementation and ours (selected with `--hf-overrides`) answer the same batch
 of greedy completions; generated token ids must be identical and every prompt and
-sampled-token logprob must agree to 1e-4 (float32). Per model the reference (for Llama
-the session's shared engine) and ours start together: at most two engines start at once
-(the shared one idles beside them, for the modules run with this one).
+sampled-token logprob must agree to 1e-4 (float32). Our three engines start together
+(their start-ups overlap). The Llama reference is the session's shared built-in engine,
+asked live; the Qwen3 and Qwen3-MoE references are the built-ins' answers recorded by
+`tests/models/record_vllm_parity.py` for this vLLM version and these model builds (their
+two engines took about two vLLM start-ups of the suite).
 """
 
 from __future__ import annotations
 
 import json
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from testbed.models import build_tiny_model
 from testbed.processes import ManagedProcess
-from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, start_vllm
+from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, start_vllm, vllm_version
+from tests.models.record_vllm_parity import MAX_TOKENS, OUT, PROMPTS, RECORDED_KINDS, complete_batch
 from tests.support.shared_engine import SharedEngine
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
-PROMPTS = [
-    "The router sends the prefill request to one worker and",
-    "Hello world, this is",
-]
-MAX_TOKENS = 12
 TOLERANCE = 1e-4
+ATOM_ARCHS = {"llama": "AtomLlamaForCausalLM", "qwen3": "AtomQwen3ForCausalLM", "qwen3_moe": "AtomQwen3MoeForCausalLM"}
+RERECORD = "re-record: flock /tmp/atom-heavy.lock timeout 900 .venv/bin/python -m tests.models.record_vllm_parity"
 
 
-def _complete(proc: ManagedProcess, model_dir: Path) -> list[dict]:
-    """One batched greedy request; per prompt: generated ids, their logprobs, prompt logprobs."""
-    body = {
-        "model": str(model_dir),
-        "prompt": PROMPTS,
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
-        "logprobs": 0,
-        "prompt_logprobs": 0,
-        "return_token_ids": True,
-    }
-    req = urllib.request.Request(
-        proc.url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=300) as resp:
-        choices = sorted(json.loads(resp.read())["choices"], key=lambda c: c["index"])
-    results = []
-    for choice in choices:
-        prompt_ids = choice["prompt_token_ids"]
-        # prompt_logprobs[i] maps token id -> info and always includes the prompt's own token.
-        pairs = zip(prompt_ids[1:], choice["prompt_logprobs"][1:], strict=True)
-        prompt_lps = [entry[str(tok)]["logprob"] for tok, entry in pairs]
-        results.append(
-            {
-                "prompt_ids": prompt_ids,
-                "ids": choice["token_ids"],
-                "logprobs": choice["logprobs"]["token_logprobs"],
-                "prompt_logprobs": prompt_lps,
-            }
-        )
-    return results
+@pytest.fixture(scope="module")
+def atom_engines() -> Iterator[dict[str, ManagedProcess]]:
+    """Our implementation of each model kind, one engine each, started together."""
+    procs: dict[str, ManagedProcess] = {}
+    try:
+        for kind, arch in ATOM_ARCHS.items():
+            overrides = json.dumps({"architectures": [arch]})
+            procs[kind] = start_vllm(
+                build_tiny_model(kind), extra_args=["--hf-overrides", overrides], wait=False, name=f"vllm-atom-{kind}"
+            )
+        for proc in procs.values():
+            proc.wait_http_ready("/health", timeout=DEFAULT_READY_TIMEOUT)
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def recorded_builtin() -> dict[str, Any]:
+    """The built-ins' recorded answers, for this vLLM version only (model builds: per kind)."""
+    data = json.loads(OUT.read_text())
+    if data["vllm"] != vllm_version():
+        pytest.fail(f"{OUT.name} was recorded with vLLM {data['vllm']}, not {vllm_version()}; {RERECORD}")
+    return dict(data["kinds"])
+
+
+def _builtin_answers(kind: str, model_dir: Path, vllm_colocated: SharedEngine, recorded: dict[str, Any]) -> list[dict]:
+    if kind not in RECORDED_KINDS:  # Llama: the session's shared built-in engine is the reference
+        return complete_batch(vllm_colocated.process, model_dir)
+    if recorded[kind]["model"] != model_dir.name:
+        pytest.fail(f"{OUT.name} was recorded for {recorded[kind]['model']}, not {model_dir.name}; {RERECORD}")
+    return list(recorded[kind]["answers"])
 
 
 def _assert_same(ours: list[dict], builtin: list[dict]) -> None:
@@ -74,22 +77,13 @@ def _assert_same(ours: list[dict], builtin: list[dict]) -> None:
             assert worst <= TOLERANCE, f"{kind} differ by {worst:.2e} for {prompt!r}"
 
 
-@pytest.mark.parametrize(
-    ("kind", "atom_arch"),
-    [("llama", "AtomLlamaForCausalLM"), ("qwen3", "AtomQwen3ForCausalLM"), ("qwen3_moe", "AtomQwen3MoeForCausalLM")],
-)
-def test_atom_matches_builtin(kind: str, atom_arch: str, vllm_colocated: SharedEngine) -> None:
+@pytest.mark.parametrize("kind", list(ATOM_ARCHS))
+def test_atom_matches_builtin(
+    kind: str, atom_engines: dict[str, ManagedProcess], recorded_builtin: dict[str, Any], vllm_colocated: SharedEngine
+) -> None:
     model_dir = build_tiny_model(kind)
-    overrides = json.dumps({"architectures": [atom_arch]})
-    # Our engine starts first and without waiting: its start-up overlaps the reference's
-    # (the two are mostly single-threaded imports and loads, one per core).
-    with start_vllm(model_dir, extra_args=["--hf-overrides", overrides], wait=False, name=f"vllm-atom-{kind}") as proc:
-        if kind == "llama":  # the session's shared built-in Llama engine is the reference
-            builtin = _complete(vllm_colocated.process, model_dir)
-        else:
-            with start_vllm(model_dir, name=f"vllm-builtin-{kind}") as reference:
-                builtin = _complete(reference, model_dir)
-        proc.wait_http_ready("/health", timeout=DEFAULT_READY_TIMEOUT)
-        ours = _complete(proc, model_dir)
-        assert f"Resolved architecture: {atom_arch}" in proc.log_text(), "vLLM did not pick our class"
+    proc = atom_engines[kind]
+    builtin = _builtin_answers(kind, model_dir, vllm_colocated, recorded_builtin)
+    ours = complete_batch(proc, model_dir)
+    assert f"Resolved architecture: {ATOM_ARCHS[kind]}" in proc.log_text(), "vLLM did not pick our class"
     _assert_same(ours, builtin)

@@ -7,7 +7,9 @@ decode engine's external-KV counter does not move), a long uncached prompt goes 
 decode-only, served from decode's own prefix cache. Every answer must equal, in greedy
 token ids and logprobs, what one engine answers on its own: the reference is the prefill
 engine asked directly, since a request without kv_transfer_params never touches the
-connector (as in tests/kv_connector/test_vllm_pd.py).
+connector (as in tests/kv_connector/test_vllm_pd.py). The pair is the session's
+`atomkv_pd`, which tests/kv_connector/test_vllm_pd.py uses too: the engines' counters are
+compared before and after each step, never with absolute values.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testbed.ports import free_port
 from testbed.processes import ManagedProcess
 from testbed.router_process import start_router
-from testbed.vllm_engine import DEFAULT_READY_TIMEOUT, atom_kv_transfer_config, external_prefix_hits, start_vllm
+from testbed.vllm_engine import external_prefix_hits
+from tests.support.atomkv_pd import AtomKVEngines
+from tests.support.shared_engine import SharedEngine
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -31,25 +34,17 @@ MAX_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def conditional_pd(tiny_llama: Path) -> Iterator[dict[str, ManagedProcess]]:
-    procs: dict[str, ManagedProcess] = {}
-    try:
-        for role in ("kv_producer", "kv_consumer"):  # started together: their start-ups overlap
-            config = atom_kv_transfer_config(role, free_port(), transfer_timeout_s=90)
-            procs[role] = start_vllm(tiny_llama, kv_transfer_config=config, wait=False, name=f"conditional-{role}")
-        for proc in procs.values():
-            proc.wait_http_ready("/health", timeout=DEFAULT_READY_TIMEOUT)
-        procs["router"] = start_router(
-            "--pd-disaggregation", "--backend", "vllm",
-            "--prefill", procs["kv_producer"].url, "--decode", procs["kv_consumer"].url,
-            "--tokenizer-path", str(tiny_llama),
-            "--worker-startup-check-interval", "0.5",
-        )  # fmt: skip
-        _wait_for("both workers ready", lambda: _ready_workers(procs["router"]) == 2)
-        yield procs
-    finally:
-        for proc in reversed(list(procs.values())):
-            proc.stop()
+def conditional_pd(atomkv_pd: SharedEngine[AtomKVEngines], tiny_llama: Path) -> Iterator[dict[str, ManagedProcess]]:
+    """The session's AtomKVConnector pair behind a router of this module's own."""
+    engines = atomkv_pd.process
+    with start_router(
+        "--pd-disaggregation", "--backend", "vllm",
+        "--prefill", engines.p.url, "--decode", engines.d.url,
+        "--tokenizer-path", str(tiny_llama),
+        "--worker-startup-check-interval", "0.5",
+    ) as router:  # fmt: skip
+        _wait_for("both workers ready", lambda: _ready_workers(router) == 2)
+        yield {"kv_producer": engines.p, "kv_consumer": engines.d, "router": router}
 
 
 def _ready_workers(router: ManagedProcess) -> int:
@@ -97,9 +92,11 @@ def test_short_goes_decode_only_long_as_a_pair_and_a_cached_long_prefix_decode_o
     prefill, decode, router = conditional_pd["kv_producer"], conditional_pd["kv_consumer"], conditional_pd["router"]
     model = str(tiny_llama)
     prompts = {"short": pd_prompts["short"], "long": pd_prompts["long"], "long again": pd_prompts["long"] + " And once more"}
+    # The engines are shared with earlier tests: every count below is relative to now.
+    asked_prefill = _counters(prefill)["vllm:request_success_total"]
     references = {name: _complete(prefill.url, model, text)[1:] for name, text in prompts.items()}
-    asked_prefill = len(prompts)
-    p0, d0 = _settled(prefill, asked_prefill), _settled(decode, 0)
+    asked_prefill += len(prompts)
+    p0, d0 = _settled(prefill, asked_prefill), _counters(decode)
 
     # A few tokens: decode prefills them itself.
     resp, ids, logprobs = _complete(router.url, model, prompts["short"])

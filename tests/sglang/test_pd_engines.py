@@ -1,13 +1,16 @@
 """SGLang P/D on CPU with `--disaggregation-transfer-backend atom`: real servers, real
 Mooncake TCP transfer through the kv_connector core, real routers.
 
-One co-located SGLang server produces the reference answers and is stopped; then one
-prefill + decode pair serves every test of this module (engines are expensive on 2
-cores). The prefill-failure test runs last: it kills the prefill and restarts it.
+The reference answers are a co-located SGLang server's, recorded by
+`record_pd_references.py` (`data/pd_references.json`) for this SGLang version and model
+build, so this module starts no reference server; one prefill + decode pair serves every
+test of this module (engines are expensive on 2 cores). The prefill-failure test runs
+last: it kills the prefill and restarts it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -22,22 +25,13 @@ import pytest
 from testbed.ports import free_port
 from testbed.processes import ManagedProcess
 from testbed.router_process import start_router
-from testbed.sglang_engine import SGLANG_PYTHON, sglang_available, sglang_env, start_sglang
+from testbed.sglang_engine import SGLANG_PYTHON, sglang_available, sglang_env, sglang_version, start_sglang
+from tests.sglang.record_pd_references import OUT, PROMPTS
 from tests.support.completions import Generation, assert_same_generation, complete
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
-_SENTENCES = (
-    "The router sends the prefill request to one worker and the decode request to another. "
-    "Prefill computes the key value cache for the whole prompt in one forward pass. "
-    "Decode reads the transferred cache and generates one token at a time. "
-)
-PROMPTS = {
-    "short": "Hello world",
-    "medium": "Mooncake moves pages of memory between processes over TCP or RDMA.",
-    "long": _SENTENCES * 4,
-    "very_long": _SENTENCES * 16,
-}
+RERECORD = "re-record: flock /tmp/atom-heavy.lock timeout 900 .venv/bin/python -m tests.sglang.record_pd_references"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,14 +47,18 @@ def model_name(tiny_llama: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_llama: Path, model_name: str) -> dict[tuple[str, bool], Generation]:
-    """Greedy answers of a co-located SGLang server, stopped before the P/D pair starts."""
-    with start_sglang(tiny_llama, name="sglang-colocated") as colocated:
-        return {
-            (name, stream): complete(colocated.url, model_name, prompt, stream=stream)
-            for name, prompt in PROMPTS.items()
-            for stream in (False, True)
-        }
+def reference(tiny_llama: Path) -> dict[tuple[str, bool], Generation]:
+    """Greedy answers of a co-located SGLang server per (prompt name, stream), recorded by
+    `record_pd_references.py` for this SGLang version, model build and these prompts."""
+    data = json.loads(OUT.read_text())
+    here = (sglang_version(), tiny_llama.name)
+    if (data["sglang"], data["model"]) != here:
+        pytest.fail(f"{OUT.name} was recorded with SGLang {data['sglang']} for {data['model']}, not {here}; {RERECORD}")
+    answers = {(a["name"], a["stream"]): a for a in data["answers"]}
+    wanted = {(name, stream): prompt for name, prompt in PROMPTS.items() for stream in (False, True)}
+    if {key: a["prompt"] for key, a in answers.items()} != wanted:
+        pytest.fail(f"{OUT.name} was recorded for other prompts; {RERECORD}")
+    return {key: Generation(tuple(a["token_ids"]), tuple(a["logprobs"]), a["text"]) for key, a in answers.items()}
 
 
 @dataclass
@@ -85,7 +83,7 @@ def _start_prefill(model_dir: Path, *, port: int | None, bootstrap_port: int, ta
 
 
 @pytest.fixture(scope="module")
-def pd_pair(tiny_llama: Path, reference: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PDPair]:
+def pd_pair(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PDPair]:
     tamper_flag = tmp_path_factory.mktemp("tamper") / "corrupt-kv"
     bootstrap_port = free_port()
     prefill = _start_prefill(tiny_llama, port=None, bootstrap_port=bootstrap_port, tamper_flag=tamper_flag, wait=False)

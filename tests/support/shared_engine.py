@@ -1,4 +1,5 @@
-"""An engine several tests share, started on first use and stopped between its users.
+"""An engine (or a group of engines) several tests share, started on first use and
+stopped between its users.
 
 A session-scoped engine fixture would otherwise stay up from its first user to the end of
 the session, i.e. beside every P/D pair and SGLang server started later: three or more
@@ -12,17 +13,25 @@ one after the other, and the engine starts once for all of them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-
-from testbed.processes import ManagedProcess
+from typing import Any, Generic, Protocol, TypeVar
 
 
-class SharedEngine:
-    """A lazily (re)started `ManagedProcess`; attribute access is forwarded to it."""
+class Stoppable(Protocol):
+    """What a shared engine must offer: `release()` stops it, whatever it groups."""
 
-    def __init__(self, start: Callable[[], ManagedProcess]) -> None:
+    def stop(self) -> None: ...
+
+
+E = TypeVar("E", bound=Stoppable)
+
+
+class SharedEngine(Generic[E]):
+    """A lazily (re)started `ManagedProcess`, or a group of engines that stops as one (a
+    P/D pair: tests/support/atomkv_pd.py); attribute access is forwarded to it."""
+
+    def __init__(self, start: Callable[[], E]) -> None:
         self._start = start
-        self._proc: ManagedProcess | None = None
+        self._proc: E | None = None
         self.starts = 0  # how many times it was started (visible in reports, not for logic)
 
     @property
@@ -30,7 +39,7 @@ class SharedEngine:
         return self._proc is not None
 
     @property
-    def process(self) -> ManagedProcess:
+    def process(self) -> E:
         """The running process, started now if it is not up."""
         if self._proc is None:
             self._proc = self._start()
