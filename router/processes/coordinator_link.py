@@ -7,7 +7,7 @@ decision sees every relay's traffic. What a relay holds (admission slots, load o
 workers) is kept here under ids the relay releases by; a relay whose connection drops
 (it died) has all of it released at once, so no counter outlives it.
 
-The worker table goes to a relay before any plan that names a worker it has not been
+The worker table goes to a relay when it connects, before any plan that names a worker it has not been
 sent (same connection, so in order), and to every relay when the table changes (checked
 every `TABLE_CHECK_SECS`: models found later, engine facts, removals).
 """
@@ -223,6 +223,9 @@ class _RelayConnection(asyncio.Protocol):
                     self.close()
                     return
                 self.index = message[2]
+                # The table now, so the relay knows every worker before its first request.
+                table, ids = self._link.table()
+                self.send_table_if_stale(table, ids)
             else:
                 logger.error("unknown message on a relay link; closing it", extra={"op": op})
                 self.close()

@@ -158,6 +158,7 @@ async def _run(config: RouterConfig, listener: socket.socket, link_path: str, in
     link = await RelayLink.connect(
         link_path, index, registry, lambda: encode_families(metrics.registry), lost.set, on_worker=fetched.learn
     )
+    await link.has_table.wait()
     tracer = create_tracer(config.tracing)
     drain = Drain()
     decisions = RemoteDecisions(link, config.admission, shared_rate_limit=bool(config.shared_state.redis_url))

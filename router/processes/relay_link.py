@@ -57,6 +57,9 @@ class RelayLink(asyncio.Protocol):
         self._seq = 0
         self._answers: dict[int, tuple[asyncio.Future[list[Any]], str]] = {}
         self.closing = False
+        # Set by the first table (the coordinator sends it on HELLO): the relay serves only
+        # once it knows the workers (their models label the metrics from the first request).
+        self.has_table = asyncio.Event()
 
     @classmethod
     async def connect(
@@ -140,6 +143,7 @@ class RelayLink(asyncio.Protocol):
                     self.send([release_op, message[-1]])
             elif op == wire.WORKERS:
                 self._apply_table(message[1])
+                self.has_table.set()
             elif op == wire.METRICS_PLEASE:
                 self.send([wire.METRICS, message[1], self._metric_samples()])
             else:

@@ -111,10 +111,9 @@ class SpreadClients:
             client.get("/health").raise_for_status()  # opens (and keeps) its one connection
             self.clients.append(client)
             owners = owner_of_connections(relays, port)
-            if len(self.clients) >= 4 and len(set(owners.values())) >= want_relays:
+            self.owner = [owners[self._client_port(c)] for c in self.clients]
+            if len(self.clients) >= 4 and len(set(self.owner)) >= want_relays:
                 break
-        owners = owner_of_connections(relays, port)
-        self.owner = [owners[self._client_port(c)] for c in self.clients]
         assert len(set(self.owner)) >= want_relays, f"connections all on one relay: {self.owner}"
 
     @staticmethod
