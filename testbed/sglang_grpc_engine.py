@@ -6,7 +6,9 @@ the server side is the `smg-grpc-servicer` package, which the SGLang venv needs 
 grpcio, grpcio-health-checking, grpcio-reflection, protobuf and smg-grpc-proto). The gRPC
 server listens on `--port`; its HTTP sidecar (metrics, profiling) on
 `--smg-http-sidecar-port`, given a free port here so it never collides with another
-engine. `--skip-server-warmup`: the servicer's warm-up sends the fixed token ids
+engine. `--grpc-port` is the same port: in this (legacy) mode SGLang derives an unused
+gRPC port of `--port` + 10000 and refuses to start when that passes 65535, so a free
+port above 55535 failed start-up (seen in CI). `--skip-server-warmup`: the servicer's warm-up sends the fixed token ids
 123..890, past the tiny model's 643-token vocabulary, and the scheduler dies on them
 (`IndexError: index out of range in self` in the embedding; seen here). Everything else
 is `testbed.sglang_engine`'s command line (CPU engine, torch-native attention, the test
@@ -54,6 +56,8 @@ def sglang_grpc_command(model_dir: str | Path, port: int, *, extra_args: Sequenc
     return sglang_command(
         model_dir, port, extra_args=[
             "--smg-grpc-mode",
+            "--grpc-port",
+            str(port),
             "--smg-http-sidecar-port",
             str(free_port()),
             "--skip-server-warmup",

@@ -28,6 +28,12 @@ from tests.support.polling import wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
+# Logprobs against answers recorded on another machine: SGLang's CPU kernels differ by the
+# CPU's instruction set (a recording on one machine of this workplace and a live HTTP answer
+# on another differed by up to 5e-3, token ids equal). A logprob of the wrong token or
+# position is off by far more.
+RECORDED_LOGPROB_TOLERANCE = 2e-2
+
 
 @pytest.fixture(scope="module")
 def references(tiny_llama: Path) -> dict[str, Any]:
@@ -93,7 +99,7 @@ async def test_completion_by_token_ids_equals_sglang_http(
     assert status == 200, answer
     ours = answer["choices"][0]
     assert ours["token_ids"] == ref["token_ids"] and len(ours["token_ids"]) == body["max_tokens"]
-    assert ours["logprobs"]["token_logprobs"] == pytest.approx(ref["logprobs"]["token_logprobs"], abs=1e-4)
+    assert ours["logprobs"]["token_logprobs"] == pytest.approx(ref["logprobs"]["token_logprobs"], abs=RECORDED_LOGPROB_TOLERANCE)
     assert ours["finish_reason"] == ref["finish_reason"] == "length"
     assert answer["usage"]["prompt_tokens"] == len(PROMPTS[name])
     assert answer["usage"]["completion_tokens"] == body["max_tokens"]
@@ -112,7 +118,7 @@ async def test_streamed_completion_equals_sglang_http(sglang_grpc: ManagedProces
     choices = [c["choices"][0] for c in chunks if c["choices"]]
     assert [t for c in choices for t in c["token_ids"]] == ref["token_ids"]
     logprobs = [lp for c in choices if c["logprobs"] for lp in c["logprobs"]["token_logprobs"]]
-    assert logprobs == pytest.approx(ref["logprobs"]["token_logprobs"], abs=1e-4)
+    assert logprobs == pytest.approx(ref["logprobs"]["token_logprobs"], abs=RECORDED_LOGPROB_TOLERANCE)
     assert choices[-1]["finish_reason"] == "length"
     assert chunks[-1]["usage"]["completion_tokens"] == body["max_tokens"]
 
@@ -131,12 +137,13 @@ async def test_with_the_routers_tokenizer_chat_and_text_equal_sglang_http(
     if name == "chat":  # neither server puts token ids in a chat answer: text and logprobs say it
         assert ours["message"]["content"] == ref["message"]["content"]
         values = [e["logprob"] for e in ours["logprobs"]["content"]]
-        assert values == pytest.approx([e["logprob"] for e in ref["logprobs"]["content"]], abs=1e-4)
+        assert values == pytest.approx([e["logprob"] for e in ref["logprobs"]["content"]], abs=RECORDED_LOGPROB_TOLERANCE)
         assert len(values) == body["max_tokens"]
     else:
         assert ours["token_ids"] == ref["token_ids"]
         assert ours["text"] == ref["text"]
-        assert ours["logprobs"]["token_logprobs"] == pytest.approx(ref["logprobs"]["token_logprobs"], abs=1e-4)
+        want = ref["logprobs"]["token_logprobs"]
+        assert ours["logprobs"]["token_logprobs"] == pytest.approx(want, abs=RECORDED_LOGPROB_TOLERANCE)
 
 
 async def test_client_hang_up_aborts_the_schedulers_request(sglang_grpc: ManagedProcess, tiny_llama: Path) -> None:
