@@ -23,16 +23,11 @@ from testbed.ports import free_port
 from testbed.processes import ManagedProcess
 from testbed.sglang_grpc_engine import sglang_grpc_available, start_sglang_grpc
 from tests.grpc.record_sglang_references import MODEL, OUT, PROMPTS
+from tests.support.completions import RECORDED_LOGPROB_TOLERANCE
 from tests.support.inprocess_router import RunningRouter, make_config, regular, running_router
 from tests.support.polling import wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-
-# Logprobs against answers recorded on another machine: SGLang's CPU kernels differ by the
-# CPU's instruction set (a recording on one machine of this workplace and a live HTTP answer
-# on another differed by up to 5e-3, token ids equal). A logprob of the wrong token or
-# position is off by far more.
-RECORDED_LOGPROB_TOLERANCE = 2e-2
 
 
 @pytest.fixture(scope="module")
